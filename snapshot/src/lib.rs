@@ -1,0 +1,1 @@
+//! The Hiber snapshot format: a checksummed state file and a memory file.
