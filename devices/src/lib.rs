@@ -1,1 +1,14 @@
-//! Legacy devices of the Hiber guest: serial port, i8042 and CMOS RTC.
+//! Legacy devices of the Hiber guest: serial port, i8042 and CMOS RTC, and the port-I/O
+//! bus they sit on.
+//!
+//! Each device module holds the device, its plain-data state type and its save and
+//! restore, so what a device persists has one place to look. [`LegacyDevicesState`]
+//! gathers the states into the one value the VMM writes into a snapshot.
+
+pub mod bus;
+pub mod serial;
+pub mod trigger;
+
+pub use bus::{BusError, PioBus, PioDevice, SharedPioDevice};
+pub use serial::{Serial, SerialError, SerialOutput, SerialState};
+pub use trigger::EventFdTrigger;
