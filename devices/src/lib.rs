@@ -6,9 +6,11 @@
 //! gathers the states into the one value the VMM writes into a snapshot.
 
 pub mod bus;
+pub mod i8042;
 pub mod serial;
 pub mod trigger;
 
 pub use bus::{BusError, PioBus, PioDevice, SharedPioDevice};
+pub use i8042::{I8042Error, I8042State, I8042};
 pub use serial::{Serial, SerialError, SerialOutput, SerialState};
 pub use trigger::EventFdTrigger;
