@@ -1,1 +1,76 @@
-//! Placeholder: filled in by the api work.
+//! Hiber's control API: HTTP/1.1 with JSON bodies on a Unix socket.
+//!
+//! Where Hiber has the same operation as Firecracker, it uses Firecracker's
+//! path, method, body fields and status codes, so that Firecracker clients
+//! work unchanged:
+//!
+//! | request                                  | success | operation               |
+//! |------------------------------------------|---------|-------------------------|
+//! | `GET /`                                  | 200     | instance information    |
+//! | `GET /vm/config`                         | 200     | machine configuration   |
+//! | `PATCH /vm {"state": "Paused"}`          | 204     | pause the vCPUs         |
+//! | `PATCH /vm {"state": "Resumed"}`         | 204     | resume the vCPUs        |
+//! | `PUT /snapshot/create`                   | 204     | write a full snapshot   |
+//! | `PUT /snapshot/load`                     | 204     | restore a snapshot      |
+//!
+//! Every failure carries `{"fault_message": "..."}`. Status codes: 400 for a
+//! malformed request, a body of the wrong shape, an unknown field or an
+//! operation the VM's state does not allow; 404 for an unknown path; 405 (with
+//! `Allow`) for a wrong method; 408 when a client stops sending mid-request;
+//! 413 for a body over 64 KiB; 431 for a head over 8 KiB; 501 for chunked
+//! bodies; 505 for HTTP versions other than 1.0 and 1.1; 500 when the VMM
+//! fails or drops a request; 503 when the VMM is shutting down or too many
+//! connections are open; 504 when the VMM does not answer within the reply
+//! timeout (the operation may still complete).
+//!
+//! Flow: [`ApiServer`] accepts connections on its own thread and serves each
+//! on a thread of its own. A well-formed request becomes an [`ApiCall`] sent
+//! over a channel to the VMM thread, whose event loop is woken through an
+//! eventfd; the VMM answers on the call's reply channel with an
+//! [`ApiResponse`].
+//!
+//! # Limitations
+//!
+//! - Only `Content-Length` bodies; chunked request bodies are refused (501).
+//! - Only full snapshots with a file memory backend: `"Diff"` snapshots, dirty
+//!   page tracking and the `"Uffd"` backend are refused with 400.
+//! - Firecracker's pre-boot configuration resources (`/machine-config`,
+//!   `/boot-source`, `/drives`, `/actions`, ...) do not exist: Hiber is
+//!   configured on its command line.
+//! - After [`ApiServer::shutdown`], connections that are open finish their
+//!   current request; an idle one lingers until its idle timeout or until
+//!   the process exits.
+
+pub mod client;
+mod connection;
+pub mod http;
+pub mod info;
+pub mod routes;
+pub mod server;
+#[cfg(test)]
+mod test_dir;
+
+pub use client::{request, ClientError};
+pub use info::{InstanceInfo, VmRunState};
+pub use routes::{ApiRequest, CreateSnapshotParams, LoadSnapshotParams, MemBackendKind};
+pub use server::{ApiCall, ApiResponse, ApiServer, ServerError, ServerOptions};
+
+/// The JSON body of every failed request: `{"fault_message": message}`.
+pub fn fault_body(message: &str) -> serde_json::Value {
+    serde_json::json!({ "fault_message": message })
+}
+
+/// An error's message followed by those of its sources, joined by ": ".
+///
+/// Errors keep their cause out of their own message; a client on the other
+/// end of the socket needs the whole chain in one string.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
