@@ -3,7 +3,8 @@
 //! Each connection runs on its own thread, so an idle or slow client holds
 //! only its own thread; the VMM sees requests one at a time on its channel.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -94,7 +95,30 @@ fn refuse(stream: &mut UnixStream, failure: ReadFailure) {
         ReadFailure::Io(err) => return debug!("API connection failed: {err}"),
     };
     debug!("API request refused with {status}: {message}");
-    let _ = Response::json(status, &fault_body(&message)).write_to(stream, false);
+    if Response::json(status, &fault_body(&message)).write_to(stream, false).is_ok() {
+        linger(stream);
+    }
+}
+
+/// Longest wait for a refused client to finish sending before closing.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Drains what the client still sends, for a moment, before the socket is
+/// closed: closing a Unix socket with unread data resets the connection,
+/// and the client may then never read the answer just written.
+fn linger(stream: &mut UnixStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    if stream.set_read_timeout(Some(LINGER)).is_err() {
+        return;
+    }
+    let start = Instant::now();
+    let mut sink = [0u8; 4096];
+    while start.elapsed() < LINGER {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Reads until `parser` holds a whole request, within the configured times.
@@ -222,7 +246,8 @@ fn to_http(response: ApiResponse) -> Response {
 
 /// Answers a connection that cannot be served now with 503 and closes it.
 pub(crate) fn turn_away(mut stream: UnixStream, message: &str) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = Response::json(503, &fault_body(message)).write_to(&mut stream, false);
-    let _ = stream.flush();
+    let _ = stream.set_write_timeout(Some(LINGER));
+    if Response::json(503, &fault_body(message)).write_to(&mut stream, false).is_ok() {
+        linger(&mut stream);
+    }
 }

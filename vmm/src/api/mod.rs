@@ -43,6 +43,8 @@
 
 pub mod client;
 mod connection;
+#[cfg(test)]
+mod end_to_end;
 pub mod http;
 pub mod info;
 pub mod routes;
