@@ -95,7 +95,8 @@ fn refuse(stream: &mut UnixStream, failure: ReadFailure) {
         ReadFailure::Io(err) => return debug!("API connection failed: {err}"),
     };
     debug!("API request refused with {status}: {message}");
-    if Response::json(status, &fault_body(&message)).write_to(stream, false).is_ok() {
+    let response = Response::json(status, &fault_body(&message));
+    if response.write_to(stream, false).is_ok() {
         linger(stream);
     }
 }
@@ -247,7 +248,8 @@ fn to_http(response: ApiResponse) -> Response {
 /// Answers a connection that cannot be served now with 503 and closes it.
 pub(crate) fn turn_away(mut stream: UnixStream, message: &str) {
     let _ = stream.set_write_timeout(Some(LINGER));
-    if Response::json(503, &fault_body(message)).write_to(&mut stream, false).is_ok() {
+    let response = Response::json(503, &fault_body(message));
+    if response.write_to(&mut stream, false).is_ok() {
         linger(&mut stream);
     }
 }
