@@ -77,8 +77,11 @@ pub(crate) fn serve(mut stream: UnixStream, ctx: &Context) {
             "API {} {} -> {}",
             request.method, request.target, response.status
         );
-        if response.write_to(&mut stream, keep_alive).is_err() || !keep_alive {
+        if response.write_to(&mut stream, keep_alive).is_err() {
             return;
+        }
+        if !keep_alive {
+            return linger(&mut stream);
         }
     }
 }

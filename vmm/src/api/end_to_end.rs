@@ -409,3 +409,21 @@ fn a_live_socket_or_another_file_is_never_replaced() {
     assert!(matches!(err, ServerError::NotASocket { .. }), "{err:?}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
+
+#[test]
+fn unread_bytes_do_not_reset_the_last_answer() {
+    let s = start("e2e-unread", quick_options(), stateful_vmm());
+    let mut bytes = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'x', 48 * 1024));
+    let reply = raw_exchange(&s.sock, &bytes);
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+
+    let mut bytes = format!(
+        "PUT /snapshot/load HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    )
+    .into_bytes();
+    bytes.extend(std::iter::repeat_n(b'{', 48 * 1024));
+    let reply = raw_exchange(&s.sock, &bytes);
+    assert!(reply.starts_with("HTTP/1.1 413 "), "{reply}");
+}
