@@ -87,10 +87,10 @@ impl PioBus {
         Self::default()
     }
 
-    /// Puts `device` at ports `base..base + len`, refusing a range that is empty, runs
+    /// Puts `dev` at ports `base..base + len`, refusing a range that is empty, runs
     /// past port 0xffff or overlaps a range already on the bus.
-    pub fn insert(&mut self, base: u16, len: u16, device: SharedPioDevice) -> Result<(), BusError> {
-        let name = lock(&device).name().to_string();
+    pub fn insert(&mut self, base: u16, len: u16, dev: SharedPioDevice) -> Result<(), BusError> {
+        let name = lock(&dev).name().to_string();
         let end = u32::from(base) + u32::from(len);
         if len == 0 {
             return Err(BusError::EmptyRange { name, base });
@@ -109,7 +109,7 @@ impl PioBus {
             });
         }
         log::debug!("port bus: {name} at {base:#x}..{end:#x}");
-        self.ranges.insert(base, Range { len, device });
+        self.ranges.insert(base, Range { len, device: dev });
         Ok(())
     }
 
