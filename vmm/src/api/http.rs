@@ -621,6 +621,35 @@ mod tests {
         assert!(message.len() < 200, "{message}");
     }
 
+    /// Mutated requests, split at random points: the parser may refuse them
+    /// but must never panic or hand out more bytes than it was fed.
+    #[test]
+    fn mutated_input_never_panics() {
+        let seed = b"PUT /snapshot/load HTTP/1.1\r\nContent-Length: 4\r\nX: y\r\n\r\n{}{}";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..(next() % 6) {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = b"\r\n :0123456789/\x00\xffa"[(next() % 16) as usize];
+            }
+            let split = (next() as usize) % bytes.len();
+            let mut parser = RequestParser::new();
+            parser.feed(&bytes[..split]);
+            let _ = parser.next_request();
+            parser.feed(&bytes[split..]);
+            while let Ok(Some(request)) = parser.next_request() {
+                assert!(request.body.len() <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn no_content_responses_carry_no_length_or_body() {
         let mut out = Vec::new();
