@@ -5,6 +5,8 @@
 //! restore, so what a device persists has one place to look. [`LegacyDevicesState`]
 //! gathers the states into the one value the VMM writes into a snapshot.
 
+#![warn(missing_docs)]
+
 pub mod bus;
 pub mod i8042;
 pub mod rtc;

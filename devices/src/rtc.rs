@@ -10,7 +10,8 @@
 //!
 //! Limits: no periodic, alarm or update-ended interrupts are generated (no IRQ 8), so
 //! register C always reads 0 and the alarm registers are plain storage. The day of the
-//! week is always derived from the date; writes to it are ignored.
+//! week is always derived from the date; writes to it are ignored. The daylight-saving
+//! bit of register B is kept but never applied.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
