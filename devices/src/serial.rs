@@ -158,7 +158,7 @@ impl Serial {
         let trigger = EventFdTrigger::new(irq);
         let events = vm_superio::serial::NoEvents;
         let uart = vm_superio::Serial::from_state(&regs, trigger, events, out)
-            .map_err(uart_error_to_restore_error)?;
+            .map_err(|e| restore_error(e, state.in_buffer.len()))?;
         Ok(Self {
             uart,
             output_failed: false,
@@ -216,10 +216,10 @@ impl Serial {
 
 /// `from_state` fails only on a full FIFO or when raising the interrupt; its I/O
 /// errors can only come from the event fd.
-fn uart_error_to_restore_error(e: UartError) -> SerialError {
+fn restore_error(e: UartError, fifo_len: usize) -> SerialError {
     match e {
         UartError::Trigger(e) | UartError::IOError(e) => SerialError::Interrupt(e),
-        UartError::FullFifo => SerialError::FifoOverflow { len: FIFO_SIZE + 1 },
+        UartError::FullFifo => SerialError::FifoOverflow { len: fifo_len },
     }
 }
 
