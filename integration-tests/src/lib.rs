@@ -1,1 +1,71 @@
-pub fn placeholder() {}
+//! The harness of Hiber's guest tests: starts `hiber` processes, talks to
+//! the guest's console agent and to the control API, and keeps one booted
+//! snapshot per test run that the other tests restore from.
+//!
+//! Every test that uses this needs /dev/kvm and fails, loudly, without it.
+
+pub mod console;
+pub mod fixture;
+pub mod vmm;
+
+use std::path::{Path, PathBuf};
+
+pub use fixture::{base_snapshot, BaseSnapshot};
+pub use vmm::{CommandResult, Vmm};
+
+/// The kernel command line the tests boot the guest with.
+pub const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux quiet \
+    init_on_alloc=0 cryptomgr.notests";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The `hiber` binary under test: `$HIBER_BIN`, else the release build.
+pub fn hiber_bin() -> PathBuf {
+    let path = std::env::var_os("HIBER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/hiber"));
+    assert!(
+        path.exists(),
+        "the hiber binary {} is missing: run `make build` first",
+        path.display()
+    );
+    path
+}
+
+/// The guest kernel and initramfs built by `make guest-images`.
+pub fn guest_images() -> (PathBuf, PathBuf) {
+    let out = repo_root().join("guest-images/out");
+    let images = (out.join("vmlinux"), out.join("initramfs.cpio"));
+    for p in [&images.0, &images.1] {
+        assert!(
+            p.exists(),
+            "the guest image {} is missing: run `make guest-images` first",
+            p.display()
+        );
+    }
+    images
+}
+
+/// Fails the test unless this host has KVM.
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "/dev/kvm is missing: these tests boot a guest under KVM and cannot run here"
+    );
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = repo_root()
+        .join("target/hiber-tests")
+        .join(format!("{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the target directory is writable");
+    dir
+}

@@ -4,3 +4,13 @@
 pub mod api;
 pub mod boot;
 pub mod cpu;
+pub mod vstate;
+pub mod config;
+pub mod console;
+pub mod legacy;
+pub mod machine;
+pub mod controller;
+pub mod persist;
+pub mod cli;
+pub mod timing;
+pub mod inspect;

@@ -1,0 +1,411 @@
+//! The VMM's event loop: console input, the control API, vCPU stops, the
+//! guest's reset line and the halt watchdog, all served by one
+//! event-manager subscriber that owns the machine.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::api::{ApiCall, ApiRequest, ApiResponse, InstanceInfo, VmRunState};
+use crate::console::{Console, ConsoleInput};
+use crate::machine::Machine;
+use crate::persist::{self, MemBackend};
+use crate::vstate::exits::StopReason;
+
+const TOKEN_STOP: u32 = 1;
+const TOKEN_RESET: u32 = 2;
+const TOKEN_API: u32 = 3;
+const TOKEN_HALT_TIMER: u32 = 4;
+const TOKEN_INPUT_TIMER: u32 = 5;
+const TOKEN_CONSOLE: u32 = 6;
+
+/// How often the watchdog checks whether the guest halted for good.
+const HALT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// How soon input that did not fit in the UART FIFO is offered again.
+const INPUT_RETRY: Duration = Duration::from_millis(10);
+
+/// How the VMM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest rebooted (Hiber does not restart it).
+    Reset,
+    /// The guest powered off or halted.
+    PowerOff,
+    /// The guest kernel panicked.
+    Panic,
+    /// The guest reported a crash through KVM.
+    Crash,
+    /// The user quit from the console.
+    Quit,
+    /// Running the guest failed.
+    Error(String),
+}
+
+impl Outcome {
+    /// The process exit status for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Reset | Outcome::PowerOff | Outcome::Quit => 0,
+            Outcome::Panic | Outcome::Crash | Outcome::Error(_) => 1,
+        }
+    }
+}
+
+/// The control API as the event loop sees it.
+pub struct ApiChannel {
+    /// Calls from the server thread.
+    pub calls: Receiver<ApiCall>,
+    /// Written by the server with every call.
+    pub wake: EventFd,
+}
+
+/// Owns the machine and reacts to everything that happens to it.
+pub struct Controller {
+    id: String,
+    machine: Option<Machine>,
+    paused: bool,
+    console: Console,
+    console_fds: Vec<RawFd>,
+    pending_input: VecDeque<u8>,
+    api: Option<ApiChannel>,
+    halt_timer: TimerFd,
+    input_timer: TimerFd,
+    halted_checks: u8,
+    outcome: Option<Outcome>,
+}
+
+impl Controller {
+    /// A controller for `machine` (None: wait for a snapshot load).
+    pub fn new(
+        id: String,
+        machine: Option<Machine>,
+        paused: bool,
+        console: Console,
+        api: Option<ApiChannel>,
+    ) -> std::io::Result<Self> {
+        let mut halt_timer = TimerFd::new()?;
+        halt_timer.reset(HALT_CHECK_PERIOD, Some(HALT_CHECK_PERIOD))?;
+        Ok(Controller {
+            id,
+            machine,
+            paused,
+            console,
+            console_fds: Vec::new(),
+            pending_input: VecDeque::new(),
+            api,
+            halt_timer,
+            input_timer: TimerFd::new()?,
+            halted_checks: 0,
+            outcome: None,
+        })
+    }
+
+    fn run_state(&self) -> VmRunState {
+        match (&self.machine, self.paused) {
+            (None, _) => VmRunState::NotStarted,
+            (Some(_), true) => VmRunState::Paused,
+            (Some(_), false) => VmRunState::Running,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            match &outcome {
+                Outcome::Error(e) => log::error!("{e}"),
+                other => log::info!("guest ended: {other:?}"),
+            }
+            self.outcome = Some(outcome);
+        }
+    }
+
+    fn register_machine(&self, ops: &mut EventOps) {
+        if let Some(m) = &self.machine {
+            let _ = ops.add(Events::with_data(&*m.stop_evt, TOKEN_STOP, EventSet::IN));
+            let reset = &m.devices.reset_evt;
+            let _ = ops.add(Events::with_data(reset, TOKEN_RESET, EventSet::IN));
+        }
+    }
+
+    fn sync_console_fds(&mut self, ops: &mut EventOps) {
+        let wanted = self.console.input_fds();
+        for fd in self.console_fds.iter().filter(|fd| !wanted.contains(fd)) {
+            let _ = ops.remove(Events::with_data_raw(*fd, TOKEN_CONSOLE, EventSet::IN));
+        }
+        for fd in wanted.iter().filter(|fd| !self.console_fds.contains(fd)) {
+            if let Err(e) = ops.add(Events::with_data_raw(*fd, TOKEN_CONSOLE, EventSet::IN)) {
+                log::warn!("cannot watch console input: {e}");
+            }
+        }
+        self.console_fds = wanted;
+    }
+
+    fn on_stop(&mut self) {
+        let Some(m) = &self.machine else { return };
+        let _ = m.stop_evt.read();
+        let stops: Vec<_> = m.stop_rx.try_iter().collect();
+        for (id, reason) in stops {
+            log::info!("vCPU {id} stopped: {reason:?}");
+            let outcome = match reason {
+                StopReason::Reset => self.reset_outcome(),
+                StopReason::PowerOff => Outcome::PowerOff,
+                StopReason::Crash => Outcome::Crash,
+                StopReason::Error(e) => Outcome::Error(e),
+            };
+            self.finish(outcome);
+        }
+    }
+
+    fn reset_outcome(&self) -> Outcome {
+        let panicked = self
+            .machine
+            .as_ref()
+            .is_some_and(|m| m.panic_seen.load(Ordering::SeqCst));
+        if panicked {
+            log::error!("the guest kernel panicked (see the console above)");
+            Outcome::Panic
+        } else {
+            Outcome::Reset
+        }
+    }
+
+    fn on_reset(&mut self) {
+        if let Some(m) = &self.machine {
+            let _ = m.devices.reset_evt.read();
+            log::info!("the guest pulsed the reset line (reboot)");
+            let outcome = self.reset_outcome();
+            self.finish(outcome);
+        }
+    }
+
+    fn on_halt_timer(&mut self) {
+        let _ = self.halt_timer.wait();
+        let Some(m) = self.machine.as_ref().filter(|_| !self.paused) else {
+            return;
+        };
+        match m.halted_for_good() {
+            Ok(true) => self.halted_checks += 1,
+            Ok(false) => self.halted_checks = 0,
+            Err(e) => log::debug!("halt check failed: {e}"),
+        }
+        // Two checks in a row rule out a vCPU caught between cli and hlt.
+        if self.halted_checks >= 2 {
+            log::info!("every vCPU halted with interrupts off: the guest powered off");
+            self.finish(Outcome::PowerOff);
+        }
+    }
+
+    fn on_console(&mut self, fd: RawFd, ops: &mut EventOps) {
+        match self.console.on_readable(fd) {
+            ConsoleInput::Bytes(bytes) => {
+                self.pending_input.extend(bytes);
+                self.flush_input();
+            }
+            ConsoleInput::Quit => self.finish(Outcome::Quit),
+            ConsoleInput::Nothing => {}
+        }
+        self.sync_console_fds(ops);
+    }
+
+    fn flush_input(&mut self) {
+        let Some(m) = &self.machine else {
+            self.pending_input.clear();
+            return;
+        };
+        let mut serial = m.devices.serial.lock().unwrap();
+        let (a, _) = self.pending_input.as_slices();
+        let taken = serial.enqueue_input(a).unwrap_or(0);
+        drop(serial);
+        self.pending_input.drain(..taken);
+        if !self.pending_input.is_empty() {
+            let _ = self.input_timer.reset(INPUT_RETRY, None);
+        }
+    }
+
+    fn on_api(&mut self, ops: &mut EventOps) {
+        let calls: Vec<ApiCall> = match &self.api {
+            Some(api) => {
+                let _ = api.wake.read();
+                api.calls.try_iter().collect()
+            }
+            None => return,
+        };
+        for call in calls {
+            let started = Instant::now();
+            let what = format!("{:?}", call.request);
+            let response = self.handle_api(&call.request, ops);
+            log::debug!("API {what}: {} in {:?}", response.status, started.elapsed());
+            call.respond(response);
+        }
+    }
+
+    fn handle_api(&mut self, request: &ApiRequest, ops: &mut EventOps) -> ApiResponse {
+        match request {
+            ApiRequest::GetInfo => {
+                ApiResponse::ok(InstanceInfo::new(self.id.clone(), self.run_state()).to_json())
+            }
+            ApiRequest::GetVmConfig => self.vm_config(),
+            ApiRequest::Pause => self.api_pause(),
+            ApiRequest::Resume => self.api_resume(),
+            ApiRequest::CreateSnapshot(p) => self.api_snapshot(&p.snapshot_path, &p.mem_file_path),
+            ApiRequest::LoadSnapshot(p) => {
+                let response = self.api_load(&p.snapshot_path, &p.mem_file_path, p.resume_vm);
+                self.register_machine(ops);
+                response
+            }
+        }
+    }
+
+    fn vm_config(&self) -> ApiResponse {
+        match &self.machine {
+            Some(m) => ApiResponse::ok(persist::firecracker_vm_config(&m.config)),
+            None => ApiResponse::error(400, "the VM is not started: no configuration yet"),
+        }
+    }
+
+    fn api_pause(&mut self) -> ApiResponse {
+        let Some(m) = &self.machine else {
+            return ApiResponse::error(400, "the VM is not started: there is nothing to pause");
+        };
+        let started = Instant::now();
+        match m.pause() {
+            Ok(()) => {
+                self.paused = true;
+                log::info!("vm paused in {:?}", started.elapsed());
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::error(500, crate::api::error_chain(&e)),
+        }
+    }
+
+    fn api_resume(&mut self) -> ApiResponse {
+        let Some(m) = &self.machine else {
+            return ApiResponse::error(400, "the VM is not started: there is nothing to resume");
+        };
+        match m.resume() {
+            Ok(()) => {
+                self.paused = false;
+                self.halted_checks = 0;
+                log::info!("vm resumed");
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::error(500, crate::api::error_chain(&e)),
+        }
+    }
+
+    fn api_snapshot(&mut self, state: &Path, mem: &Path) -> ApiResponse {
+        let Some(m) = &self.machine else {
+            return ApiResponse::error(400, "the VM is not started: there is nothing to snapshot");
+        };
+        if !self.paused {
+            return ApiResponse::error(
+                400,
+                "the VM must be paused before a snapshot: send PATCH /vm {\"state\": \"Paused\"}",
+            );
+        }
+        match persist::create_snapshot(m, state, mem) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::error(e.status(), crate::api::error_chain(&e)),
+        }
+    }
+
+    fn api_load(&mut self, state: &Path, mem: &Path, resume: bool) -> ApiResponse {
+        if self.machine.is_some() {
+            return ApiResponse::error(
+                400,
+                "this process already runs a VM; load a snapshot into a new `hiber run \
+                 --api-sock PATH` started without a kernel",
+            );
+        }
+        match self.load(state, mem, MemBackend::Map, resume) {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::error(e.status(), crate::api::error_chain(&e)),
+        }
+    }
+
+    /// Restores a snapshot into this (empty) controller.
+    pub fn load(
+        &mut self,
+        state: &Path,
+        mem: &Path,
+        backend: MemBackend,
+        resume: bool,
+    ) -> Result<(), persist::PersistError> {
+        let sink = self.console_sink();
+        let machine = persist::restore(state, mem, backend, sink)?;
+        self.machine = Some(machine);
+        self.paused = true;
+        if resume {
+            let m = self.machine.as_ref().expect("just set");
+            m.resume().map_err(persist::PersistError::Resume)?;
+            self.paused = false;
+            log::info!("vm resumed from the snapshot");
+        }
+        Ok(())
+    }
+
+    fn console_sink(&self) -> Box<dyn std::io::Write + Send> {
+        self.console.sink()
+    }
+
+    /// Serves events until the guest ends, and says how it ended.
+    pub fn run(self) -> Result<Outcome, event_manager::Error> {
+        let controller = Arc::new(Mutex::new(self));
+        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new()?;
+        manager.add_subscriber(controller.clone());
+        loop {
+            manager.run()?;
+            let mut c = controller.lock().unwrap();
+            if let Some(outcome) = c.outcome.take() {
+                if let Some(mut m) = c.machine.take() {
+                    m.shutdown();
+                }
+                return Ok(outcome);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.register_machine(ops);
+        if let Some(api) = &self.api {
+            let _ = ops.add(Events::with_data(&api.wake, TOKEN_API, EventSet::IN));
+        }
+        let timer = &self.halt_timer;
+        let _ = ops.add(Events::with_data(timer, TOKEN_HALT_TIMER, EventSet::IN));
+        let timer = &self.input_timer;
+        let _ = ops.add(Events::with_data(timer, TOKEN_INPUT_TIMER, EventSet::IN));
+        self.sync_console_fds(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_STOP => self.on_stop(),
+            TOKEN_RESET => self.on_reset(),
+            TOKEN_API => self.on_api(ops),
+            TOKEN_HALT_TIMER => self.on_halt_timer(),
+            TOKEN_INPUT_TIMER => {
+                let _ = self.input_timer.wait();
+                self.flush_input();
+            }
+            TOKEN_CONSOLE => self.on_console(events.fd(), ops),
+            other => log::warn!("event for unknown token {other}"),
+        }
+    }
+}
+
+impl AsRawFd for ApiChannel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+}

@@ -1,0 +1,398 @@
+//! Snapshot creation and restore of a whole machine.
+//!
+//! The state file holds, in this order, the sections `meta` (who wrote it,
+//! the host it ran on, the snapshot id), `config` (the machine
+//! configuration), `memory` (where each RAM region lies in the memory file
+//! and its checksum), `vm` (irqchips, PIT, clock), one `vcpu` per vCPU and
+//! `devices`. Restore reads them back and rebuilds the machine in the order
+//! KVM needs; see docs/DESIGN.md.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use devices::LegacyDevicesState;
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use serde::{Deserialize, Serialize};
+use snapshot::{MemRegion, MemoryFile, MemoryFileInfo, SnapshotWriter, StateFile};
+use vm_memory::{
+    mmap::MmapRegionBuilder, Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::config::MachineConfig;
+use crate::cpu::{self, CpuidEntry, HostFingerprint, HostQuirks};
+use crate::legacy::LegacyDevices;
+use crate::machine::{open_kvm, Machine, MachineError, PanicWatch, Parts};
+use crate::vstate::vcpu::{Vcpu, VcpuState};
+use crate::vstate::vm::{Vm, VmState};
+
+/// Section names of the state file.
+pub mod sections {
+    /// Who wrote the snapshot, where, and its id.
+    pub const META: &str = "meta";
+    /// The machine configuration.
+    pub const CONFIG: &str = "config";
+    /// The memory file's layout and checksums.
+    pub const MEMORY: &str = "memory";
+    /// Irqchips, PIT and kvmclock.
+    pub const VM: &str = "vm";
+    /// One per vCPU.
+    pub const VCPU: &str = "vcpu";
+    /// The legacy devices.
+    pub const DEVICES: &str = "devices";
+}
+
+/// How a restore brings guest RAM back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemBackend {
+    /// Map the memory file MAP_PRIVATE: pages load lazily, copy-on-write.
+    Map,
+    /// Read the whole memory file into anonymous memory up front.
+    Copy,
+}
+
+/// The `meta` section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The Hiber version that wrote the snapshot.
+    pub vmm_version: String,
+    /// Seconds since the Unix epoch when it was written.
+    pub created_unix: u64,
+    /// The id shared with the memory file.
+    pub snapshot_id: snapshot::SnapshotId,
+    /// The host the guest ran on.
+    pub host: HostFingerprint,
+    /// The CPU features the VMM hid on that host, and the command-line
+    /// switches it added.
+    pub quirks: HostQuirks,
+}
+
+/// Errors of creating or restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// Saving the state of the machine failed.
+    #[error("could not read the machine's state")]
+    Save(#[source] MachineError),
+    /// The state file could not be written or read.
+    #[error(transparent)]
+    State(#[from] snapshot::StateError),
+    /// The memory file could not be written or read.
+    #[error(transparent)]
+    Memory(#[from] snapshot::MemoryError),
+    /// The two files could not be put in place.
+    #[error(transparent)]
+    Commit(#[from] snapshot::AtomicError),
+    /// No random id could be made.
+    #[error("could not make a snapshot id")]
+    Id(#[source] snapshot::IdError),
+    /// The host cannot give the guest the CPU it had.
+    #[error("the snapshot {path} cannot run on this host: {source}")]
+    Cpuid {
+        /// The state file.
+        path: PathBuf,
+        /// Which features are missing.
+        #[source]
+        source: cpu::IncompatibleCpuid,
+    },
+    /// The snapshot has no vCPU.
+    #[error("the snapshot {0} holds no vCPU state: it is incomplete")]
+    NoVcpu(PathBuf),
+    /// Guest memory could not be mapped.
+    #[error("could not map guest memory from {path}")]
+    Map {
+        /// The memory file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Rebuilding the machine failed.
+    #[error("could not rebuild the machine from the snapshot")]
+    Rebuild(#[source] MachineError),
+    /// The restored machine could not resume.
+    #[error("the restored machine could not resume")]
+    Resume(#[source] MachineError),
+}
+
+impl PersistError {
+    /// The HTTP status an API client gets for this error: the client's
+    /// input for refusals, the server for failures.
+    pub fn status(&self) -> u16 {
+        match self {
+            PersistError::State(_)
+            | PersistError::Memory(_)
+            | PersistError::Cpuid { .. }
+            | PersistError::NoVcpu(_) => 400,
+            _ => 500,
+        }
+    }
+}
+
+impl From<MachineError> for PersistError {
+    fn from(e: MachineError) -> Self {
+        PersistError::Rebuild(e)
+    }
+}
+
+/// Writes a snapshot of the (paused) machine to `state_path` and
+/// `mem_path`.
+pub fn create_snapshot(m: &Machine, state_path: &Path, mem_path: &Path) -> Result<(), PersistError> {
+    let start = Instant::now();
+    let vcpus = m.save_vcpus().map_err(PersistError::Save)?;
+    let vm = m
+        .vm
+        .save_state()
+        .map_err(|e| PersistError::Save(MachineError::Vm(e)))?;
+    let devices = m.devices.save();
+    let id = snapshot::random_snapshot_id().map_err(PersistError::Id)?;
+    let saved = start.elapsed();
+
+    let regions = guest_regions(&m.mem);
+    let (staged_mem, mem_info) = snapshot::stage_memory_file(mem_path, id, &regions)?;
+    let meta = SnapshotMeta {
+        vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: unix_now(),
+        snapshot_id: id,
+        host: HostFingerprint::collect(&m.kvm),
+        quirks: m.quirks.clone(),
+    };
+    let writer = state_writer(&meta, &m.config, &mem_info, &vm, &vcpus, &devices)?;
+    let staged_state = writer.stage(state_path)?;
+    snapshot::commit_pair(staged_mem, staged_state)?;
+
+    let ram: u64 = mem_info.regions.iter().map(|r| r.size).sum();
+    log::info!(
+        "snapshot written: {} MiB of RAM to {} and {} in {} ms (state read in {} us)",
+        ram >> 20,
+        state_path.display(),
+        mem_path.display(),
+        start.elapsed().as_millis(),
+        saved.as_micros()
+    );
+    Ok(())
+}
+
+fn state_writer(
+    meta: &SnapshotMeta,
+    config: &MachineConfig,
+    mem_info: &MemoryFileInfo,
+    vm: &VmState,
+    vcpus: &[VcpuState],
+    devices: &LegacyDevicesState,
+) -> Result<SnapshotWriter, PersistError> {
+    let mut w = SnapshotWriter::new();
+    w.add_section(sections::META, meta)?;
+    w.add_section(sections::CONFIG, config)?;
+    w.add_section(sections::MEMORY, mem_info)?;
+    w.add_section(sections::VM, vm)?;
+    for vcpu in vcpus {
+        w.add_section(sections::VCPU, vcpu)?;
+    }
+    w.add_section(sections::DEVICES, devices)?;
+    Ok(w)
+}
+
+/// Every RAM region of `mem` as bytes.
+fn guest_regions(mem: &GuestMemoryMmap) -> Vec<MemRegion<'_>> {
+    mem.iter()
+        .map(|region| {
+            let len = region.len() as usize;
+            // SAFETY: the region is mapped for its whole length for as long
+            // as `mem` lives, and the vCPUs are paused, so nothing writes to
+            // it while the slice is read.
+            let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+            MemRegion {
+                guest_addr: region.start_addr().raw_value(),
+                bytes,
+            }
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Everything a state file holds, decoded.
+pub struct SavedMachine {
+    /// The `meta` section.
+    pub meta: SnapshotMeta,
+    /// The `config` section.
+    pub config: MachineConfig,
+    /// The `memory` section.
+    pub memory: MemoryFileInfo,
+    /// The `vm` section.
+    pub vm: VmState,
+    /// The `vcpu` sections.
+    pub vcpus: Vec<VcpuState>,
+    /// The `devices` section.
+    pub devices: LegacyDevicesState,
+}
+
+impl SavedMachine {
+    /// Reads and checks the state file at `path`.
+    pub fn read(path: &Path) -> Result<SavedMachine, PersistError> {
+        let file = StateFile::read(path)?;
+        let saved = SavedMachine {
+            meta: file.section(sections::META)?,
+            config: file.section(sections::CONFIG)?,
+            memory: file.section(sections::MEMORY)?,
+            vm: file.section(sections::VM)?,
+            vcpus: file.sections_named(sections::VCPU)?,
+            devices: file.section(sections::DEVICES)?,
+        };
+        if saved.vcpus.is_empty() {
+            return Err(PersistError::NoVcpu(path.to_path_buf()));
+        }
+        Ok(saved)
+    }
+}
+
+/// Rebuilds a paused machine from a snapshot.
+pub fn restore(
+    state_path: &Path,
+    mem_path: &Path,
+    backend: MemBackend,
+    out: Box<dyn Write + Send>,
+) -> Result<Machine, PersistError> {
+    let start = Instant::now();
+    let saved = SavedMachine::read(state_path)?;
+    let kvm = open_kvm()?;
+    check_host(&kvm, state_path, &saved)?;
+    let mem_file = MemoryFile::open(mem_path, &saved.memory)?;
+    mem_file.verify()?;
+    let checked = start.elapsed();
+    let mem = restore_memory(&mem_file, backend)?;
+
+    let vm = Vm::new(&kvm).map_err(MachineError::Vm)?;
+    vm.register_memory(&mem).map_err(MachineError::Vm)?;
+    vm.restore_irqchips(&saved.vm).map_err(MachineError::Vm)?;
+    let panic_seen = Arc::new(AtomicBool::new(false));
+    let out = Box::new(PanicWatch::new(out, panic_seen.clone()));
+    let devices = LegacyDevices::restore(&vm, out, &saved.devices).map_err(MachineError::Legacy)?;
+    let vcpus = restore_vcpus(&vm, &saved.vcpus)?;
+    vm.restore_clock(&saved.vm).map_err(MachineError::Vm)?;
+
+    let parts = Parts {
+        config: saved.config,
+        kvm,
+        vm,
+        mem,
+        vcpus,
+        devices,
+        panic_seen,
+        quirks: saved.meta.quirks,
+    };
+    let machine = Machine::start(parts, true)?;
+    log::info!(
+        "snapshot restored from {} in {} ms (checks {} ms, memory {:?})",
+        state_path.display(),
+        start.elapsed().as_millis(),
+        checked.as_millis(),
+        backend
+    );
+    Ok(machine)
+}
+
+fn check_host(kvm: &kvm_ioctls::Kvm, path: &Path, saved: &SavedMachine) -> Result<(), PersistError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| MachineError::Kvm {
+            hint: "KVM did not report its supported CPUID",
+            source,
+        })?;
+    let entries: Vec<CpuidEntry> = saved.vcpus[0].cpuid.iter().map(CpuidEntry::from).collect();
+    cpu::check_cpuid_compatible(&entries, &supported).map_err(|source| PersistError::Cpuid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn restore_vcpus(vm: &Vm, states: &[VcpuState]) -> Result<Vec<Vcpu>, PersistError> {
+    let mut vcpus = Vec::with_capacity(states.len());
+    for state in states {
+        let vcpu = Vcpu::new(vm.fd(), state.id).map_err(MachineError::Vcpu)?;
+        vcpu.restore_state(state).map_err(MachineError::Vcpu)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+fn restore_memory(file: &MemoryFile, backend: MemBackend) -> Result<GuestMemoryMmap, PersistError> {
+    let map_err = |source| PersistError::Map {
+        path: file.path().to_path_buf(),
+        source,
+    };
+    let mut regions = Vec::with_capacity(file.regions().len());
+    for (index, info) in file.regions().iter().enumerate() {
+        let region = match backend {
+            MemBackend::Map => map_region(file.file(), info).map_err(map_err)?,
+            MemBackend::Copy => {
+                let region = anonymous_region(info).map_err(map_err)?;
+                // SAFETY: the region was just mapped, writable, for `size`
+                // bytes, and nothing else uses it yet.
+                let dest = unsafe {
+                    std::slice::from_raw_parts_mut(region.as_ptr(), info.size as usize)
+                };
+                file.read_region_into(index, dest, snapshot::HoleFill::AlreadyZero)?;
+                region
+            }
+        };
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| PersistError::Map {
+        path: file.path().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn map_region(file: &File, info: &snapshot::RegionInfo) -> std::io::Result<GuestRegionMmap> {
+    let fd = file.try_clone()?;
+    debug_assert!(fd.as_raw_fd() >= 0);
+    let region = MmapRegionBuilder::new(info.size as usize)
+        .with_file_offset(FileOffset::new(fd, info.file_offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    GuestRegionMmap::new(region, GuestAddress(info.guest_addr))
+        .ok_or_else(|| std::io::Error::other("region overflows the guest address space"))
+}
+
+fn anonymous_region(info: &snapshot::RegionInfo) -> std::io::Result<GuestRegionMmap> {
+    let region = MmapRegionBuilder::new(info.size as usize)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    GuestRegionMmap::new(region, GuestAddress(info.guest_addr))
+        .ok_or_else(|| std::io::Error::other("region overflows the guest address space"))
+}
+
+/// The machine configuration in the shape of Firecracker's `GET /vm/config`.
+pub fn firecracker_vm_config(c: &MachineConfig) -> serde_json::Value {
+    serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": c.kernel,
+            "initrd_path": c.initrd,
+            "boot_args": c.cmdline,
+        },
+        "machine-config": {
+            "vcpu_count": c.vcpus,
+            "mem_size_mib": c.mem.mib(),
+            "smt": false,
+            "track_dirty_pages": false,
+        },
+        "drives": [],
+        "network-interfaces": [],
+        "console": c.console.to_string(),
+    })
+}
