@@ -1,0 +1,353 @@
+//! The start-up probe: runs a handful of instructions at CPL 0 in scratch VMs
+//! and records which ones this host's KVM cannot run for a guest kernel.
+//!
+//! On bare-metal KVM every probe passes (or faults where the CPU lacks the
+//! instruction). On a host whose KVM runs guest kernels through its
+//! instruction emulator, some fail with KVM_EXIT_INTERNAL_ERROR; the quirks
+//! module turns those failures into hidden features and guest switches.
+//! A second check runs `cpuid` with every hideable feature cleared, to learn
+//! which bits reach the guest whatever KVM_SET_CPUID2 says.
+
+mod internal_error;
+mod scratch;
+pub mod snippets;
+
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::Kvm;
+use log::{debug, info};
+use serde::{Deserialize, Serialize};
+
+pub use internal_error::{describe_internal_error, InternalErrorInfo};
+use scratch::{Exit, ScratchVm, DONE_PORT, FAULT_PORT};
+use snippets::{Snippet, SNIPPETS};
+
+use super::cpuid::{bit_is_set, guest_cpuid};
+use super::features::CpuFeature;
+use super::host::host_has;
+
+/// Bumped whenever the probe's snippets or their meaning change, so cached
+/// results of an older probe are not reused.
+pub const PROBE_VERSION: u32 = 1;
+
+/// Port the CPUID check writes to after each `cpuid`.
+const CPUID_PORT: u8 = 0x12;
+
+/// Errors of running the probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A KVM ioctl failed while setting up or running a scratch VM.
+    #[error("the KVM call {0} failed in the probe's scratch VM; is /dev/kvm usable?")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// The scratch VM's memory could not be allocated.
+    #[error("could not allocate the probe's scratch guest memory")]
+    Memory(#[source] vm_memory::mmap::FromRangesError),
+    /// Writing the scratch VM's memory failed (a bug in its layout).
+    #[error("could not lay out the probe's scratch guest memory")]
+    Layout(#[from] vm_memory::GuestMemoryError),
+    /// A snippet does not fit the scratch VM (a bug in the snippet table).
+    #[error("probe code of {0} bytes does not fit the scratch VM")]
+    CodeTooLong(usize),
+    /// The control instruction did not pass: the probe cannot be trusted.
+    #[error("the probe's control instruction (nop) did not pass ({0}); not trusting the probe")]
+    ControlFailed(String),
+}
+
+impl ProbeError {
+    fn kvm(call: &'static str) -> impl Fn(kvm_ioctls::Error) -> ProbeError {
+        move |e| ProbeError::Kvm(call, e)
+    }
+}
+
+/// What happened when one instruction ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum ProbeOutcome {
+    /// It completed (or raised the exception it is meant to raise).
+    Passed,
+    /// KVM_RUN stopped with an internal error: KVM cannot run it.
+    Failed {
+        /// What KVM reported.
+        error: InternalErrorInfo,
+    },
+    /// The guest took an exception at it: the CPU (or KVM's CPUID) lacks
+    /// it. Not an emulator gap.
+    Faulted {
+        /// The exception vector (6 is #UD, 13 is #GP).
+        vector: u8,
+    },
+    /// Not run.
+    Skipped {
+        /// Why, e.g. "the host CPU lacks smap".
+        reason: String,
+    },
+    /// Some other exit (a shutdown, a halt in the wrong place).
+    Unexpected {
+        /// The exit, described.
+        exit: String,
+    },
+}
+
+/// The outcome of one snippet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// The snippet's name, such as "popcnt".
+    pub name: String,
+    /// The instruction bytes tried.
+    pub insn: Vec<u8>,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: ProbeOutcome,
+}
+
+/// Whether clearing CPUID bits with KVM_SET_CPUID2 hides them from the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidMaskCheck {
+    /// Features the guest's `cpuid` still reported after being cleared.
+    pub leaked: Vec<CpuFeature>,
+    /// Why the check could not run, if it could not.
+    pub error: Option<String>,
+}
+
+/// Everything the probe found on this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// [`PROBE_VERSION`] of the probe that made this report.
+    pub version: u32,
+    /// One result per snippet, the control first.
+    pub results: Vec<ProbeResult>,
+    /// The CPUID masking check.
+    pub cpuid_mask: CpuidMaskCheck,
+    /// How long the probe took, in microseconds.
+    pub duration_us: u64,
+}
+
+impl ProbeReport {
+    /// The results that failed or ended unexpectedly.
+    pub fn failures(&self) -> impl Iterator<Item = &ProbeResult> {
+        self.results.iter().filter(|r| {
+            matches!(
+                r.outcome,
+                ProbeOutcome::Failed { .. } | ProbeOutcome::Unexpected { .. }
+            )
+        })
+    }
+
+    /// How long the probe took.
+    pub fn duration(&self) -> Duration {
+        Duration::from_micros(self.duration_us)
+    }
+}
+
+/// Runs every snippet and the CPUID masking check in scratch VMs.
+pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
+    let start = Instant::now();
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(ProbeError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let cpuid = guest_cpuid(&supported, 0, 1, &[]);
+
+    let mut results = Vec::with_capacity(SNIPPETS.len());
+    for snippet in SNIPPETS {
+        let outcome = run_snippet(kvm, &cpuid, snippet)?;
+        debug!("cpu probe: {}: {:?}", snippet.name, outcome);
+        results.push(ProbeResult {
+            name: snippet.name.to_string(),
+            insn: snippet.insn.to_vec(),
+            outcome,
+        });
+    }
+    if results[0].outcome != ProbeOutcome::Passed {
+        return Err(ProbeError::ControlFailed(format!(
+            "{:?}",
+            results[0].outcome
+        )));
+    }
+    let cpuid_mask = check_cpuid_masking(kvm, &supported)?;
+    let report = ProbeReport {
+        version: PROBE_VERSION,
+        results,
+        cpuid_mask,
+        duration_us: start.elapsed().as_micros() as u64,
+    };
+    let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
+    info!(
+        "cpu probe: {} instructions in {:?}; failing: {}",
+        report.results.len(),
+        report.duration(),
+        if failed.is_empty() {
+            "none".to_string()
+        } else {
+            failed.join(" ")
+        }
+    );
+    Ok(report)
+}
+
+/// Runs one snippet: its setup, the instruction, then `out DONE_PORT; hlt`.
+fn run_snippet(kvm: &Kvm, cpuid: &CpuId, snippet: &Snippet) -> Result<ProbeOutcome, ProbeError> {
+    if let Some(bit) = snippet.requires.filter(|b| !host_has(*b)) {
+        let name = CpuFeature::from_bit(bit).map_or(bit.to_string(), |f| f.to_string());
+        return Ok(ProbeOutcome::Skipped {
+            reason: format!("the host CPU lacks {name}"),
+        });
+    }
+    let mut code = [snippet.setup, snippet.insn].concat();
+    code.extend_from_slice(&done_sequence());
+    let mut vm = ScratchVm::new(kvm, cpuid, &code, snippet.cr4)?;
+    let outcome = match vm.run()? {
+        Exit::Out { port, .. } if port == DONE_PORT => ProbeOutcome::Passed,
+        Exit::Out { port, value } if port == FAULT_PORT => match snippet.raises {
+            Some(vector) if vector == value => ProbeOutcome::Passed,
+            _ => ProbeOutcome::Faulted { vector: value },
+        },
+        Exit::InternalError(error) => ProbeOutcome::Failed { error },
+        Exit::Out { port, value } => unexpected(format!("out {value:#x} to port {port:#x}")),
+        Exit::Hlt => unexpected("halted before the end of the code".into()),
+        Exit::Other(exit) => unexpected(exit),
+    };
+    Ok(outcome)
+}
+
+fn unexpected(exit: String) -> ProbeOutcome {
+    ProbeOutcome::Unexpected { exit }
+}
+
+/// `mov al, 1; out DONE_PORT, al; hlt`.
+fn done_sequence() -> [u8; 5] {
+    [0xb0, 0x01, 0xe6, DONE_PORT as u8, 0xf4]
+}
+
+/// Runs `cpuid` for every leaf that holds a hideable feature, in a vCPU whose
+/// CPUID has all of them cleared, and lists those the guest still sees.
+fn check_cpuid_masking(kvm: &Kvm, supported: &CpuId) -> Result<CpuidMaskCheck, ProbeError> {
+    let cpuid = guest_cpuid(supported, 0, 1, CpuFeature::ALL);
+    let mut leaves: Vec<(u32, u32)> = CpuFeature::ALL
+        .iter()
+        .map(|f| (f.bit().leaf, f.bit().subleaf))
+        .collect();
+    leaves.dedup();
+    leaves.sort();
+    leaves.dedup();
+
+    let mut code = Vec::new();
+    for (leaf, subleaf) in &leaves {
+        code.push(0xb8); // mov eax, leaf
+        code.extend_from_slice(&leaf.to_le_bytes());
+        code.push(0xb9); // mov ecx, subleaf
+        code.extend_from_slice(&subleaf.to_le_bytes());
+        code.extend_from_slice(&[0x0f, 0xa2, 0xe6, CPUID_PORT]); // cpuid; out
+    }
+    code.extend_from_slice(&done_sequence());
+    let mut vm = ScratchVm::new(kvm, &cpuid, &code, 0)?;
+
+    let mut seen = Vec::new();
+    for (leaf, subleaf) in &leaves {
+        match vm.run()? {
+            Exit::Out { port, .. } if port == u16::from(CPUID_PORT) => {
+                let r = vm.regs()?;
+                seen.push(observed_entry(*leaf, *subleaf, &r));
+            }
+            other => {
+                return Ok(CpuidMaskCheck {
+                    leaked: Vec::new(),
+                    error: Some(format!("cpuid of leaf {leaf:#x} ended in {other:?}")),
+                })
+            }
+        }
+    }
+    let leaked = CpuFeature::ALL
+        .iter()
+        .copied()
+        .filter(|f| bit_is_set(&seen, f.bit()))
+        .collect();
+    Ok(CpuidMaskCheck {
+        leaked,
+        error: None,
+    })
+}
+
+/// What the guest's `cpuid` returned, as a CPUID entry.
+fn observed_entry(
+    leaf: u32,
+    subleaf: u32,
+    r: &kvm_bindings::kvm_regs,
+) -> kvm_bindings::kvm_cpuid_entry2 {
+    kvm_bindings::kvm_cpuid_entry2 {
+        function: leaf,
+        index: subleaf,
+        flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: r.rax as u32,
+        ebx: r.rbx as u32,
+        ecx: r.rcx as u32,
+        edx: r.rdx as u32,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kvm() -> Kvm {
+        // These tests exist to exercise the real /dev/kvm: fail, never skip.
+        Kvm::new().expect("these tests need a usable /dev/kvm; it could not be opened")
+    }
+
+    #[test]
+    fn probe_on_real_kvm_is_consistent() {
+        let report = run_probe(&kvm()).expect("the probe failed");
+        eprintln!("probe took {:?}", report.duration());
+        for r in &report.results {
+            eprintln!("  {:<12} {:?}", r.name, r.outcome);
+        }
+        eprintln!(
+            "  cpuid bits that ignore KVM_SET_CPUID2: {:?}",
+            report.cpuid_mask
+        );
+
+        assert_eq!(report.results[0].name, "nop");
+        assert_eq!(report.results[0].outcome, ProbeOutcome::Passed);
+        assert_eq!(report.results.len(), SNIPPETS.len());
+        assert_eq!(report.version, PROBE_VERSION);
+        assert!(report.cpuid_mask.error.is_none(), "{:?}", report.cpuid_mask);
+        for r in &report.results {
+            let snippet = snippets::by_name(&r.name).unwrap();
+            assert_eq!(r.insn, snippet.insn);
+            match &r.outcome {
+                ProbeOutcome::Failed { error } => {
+                    assert_ne!(error.suberror, 0, "{}", r.name);
+                    if !error.insn_bytes.is_empty() && snippet.opcode_len > 0 {
+                        // The failing bytes are the probed instruction or its setup.
+                        let bytes = &error.insn_bytes;
+                        let in_setup =
+                            !snippet.setup.is_empty() && bytes.starts_with(&snippet.setup[..1]);
+                        assert!(
+                            bytes.starts_with(snippet.insn) || in_setup,
+                            "{}: {error}",
+                            r.name
+                        );
+                    }
+                }
+                ProbeOutcome::Skipped { .. } => assert!(snippet.requires.is_some()),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_faulting_instruction_reports_its_vector() {
+        // ud2 must raise #UD on every host: the IDT handler path works.
+        let kvm = kvm();
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let cpuid = guest_cpuid(&supported, 0, 1, &[]);
+        let ud2 = Snippet {
+            name: "ud2",
+            insn: &[0x0f, 0x0b],
+            ..snippets::CONTROL
+        };
+        let outcome = run_snippet(&kvm, &cpuid, &ud2).unwrap();
+        assert_eq!(outcome, ProbeOutcome::Faulted { vector: 6 });
+    }
+}
