@@ -255,7 +255,7 @@ mod tests {
         let path = dir.as_path().join("state");
         fs::write(&path, b"old").unwrap();
         let staged = StagedFile::create(&path).unwrap();
-        (&*staged.file()).write_all(b"new").unwrap();
+        staged.file().write_all(b"new").unwrap();
         staged.commit().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(entries(dir.as_path()), ["state"]);
@@ -267,7 +267,7 @@ mod tests {
         let path = dir.as_path().join("state");
         fs::write(&path, b"old").unwrap();
         let staged = StagedFile::create(&path).unwrap();
-        (&*staged.file()).write_all(b"half").unwrap();
+        staged.file().write_all(b"half").unwrap();
         assert!(staged.temp_path().exists());
         drop(staged);
         assert_eq!(fs::read(&path).unwrap(), b"old");

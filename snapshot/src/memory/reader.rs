@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 use super::error::MemoryError;
 use super::extents::DataExtents;
-use super::header::{MemoryHeader, HEADER_SIZE};
+use super::header::{MemoryHeader, HEADER_SIZE, MAGIC};
 use super::{MemoryFileInfo, RegionInfo};
 use crate::id::format_snapshot_id;
 
@@ -135,18 +135,25 @@ pub fn verify_memory_file(
 /// Reads and checks the header page alone, for inspecting a memory file offline.
 pub fn read_memory_header(file: &File, path: &Path) -> Result<MemoryHeader, MemoryError> {
     let len = file_len(file, path)?;
-    if len < HEADER_SIZE as u64 {
+    let mut page = Box::new([0u8; HEADER_SIZE]);
+    let present = len.min(HEADER_SIZE as u64) as usize;
+    file.read_exact_at(&mut page[..present], 0)
+        .map_err(|source| MemoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // The magic first, so that a short file of another kind is named as such.
+    if !MAGIC.starts_with(&page[..present.min(MAGIC.len())]) {
+        return Err(MemoryError::NotAMemoryFile {
+            path: path.to_path_buf(),
+        });
+    }
+    if present < HEADER_SIZE {
         return Err(MemoryError::TruncatedHeader {
             path: path.to_path_buf(),
             len,
         });
     }
-    let mut page = Box::new([0u8; HEADER_SIZE]);
-    file.read_exact_at(&mut page[..], 0)
-        .map_err(|source| MemoryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
     MemoryHeader::decode(&page, path)
 }
 

@@ -184,10 +184,9 @@ impl Cursor<'_> {
         Ok(taken)
     }
 
-    fn u16(&mut self, field: &'static str, place: Option<&SectionPlace>) -> Result<u16, WalkError> {
-        Ok(u16::from_le_bytes(
-            self.take(2, field, place)?.try_into().unwrap(),
-        ))
+    fn u16(&mut self, field: &'static str, at: Option<&SectionPlace>) -> Result<u16, WalkError> {
+        let raw = self.take(2, field, at)?;
+        Ok(u16::from_le_bytes(raw.try_into().unwrap()))
     }
 
     fn name(&mut self, len: usize, place: &SectionPlace) -> Result<String, WalkError> {

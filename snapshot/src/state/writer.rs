@@ -67,7 +67,8 @@ impl SnapshotWriter {
     pub fn stage(&self, path: &Path) -> Result<StagedFile, StateError> {
         let staged = StagedFile::create(path)?;
         let bytes = self.to_bytes();
-        (&*staged.file())
+        staged
+            .file()
             .write_all(&bytes)
             .map_err(|source| staged.write_error(source))?;
         Ok(staged)
