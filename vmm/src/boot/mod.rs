@@ -6,6 +6,8 @@
 //! Everything here is a plain function of guest memory and the inputs: no KVM calls.
 
 pub mod gdt;
+#[cfg(test)]
+mod kvm_check;
 pub mod layout;
 pub mod loader;
 pub mod mptable;

@@ -4,9 +4,12 @@
 //! The zero page carries the setup header (the bzImage's own, or one written here
 //! for a vmlinux), the command line and initrd addresses, the e820 memory map and a
 //! pointer to a setup_data list. That list holds a `SETUP_RNG_SEED` entry with bytes
-//! from the host's getrandom, which Linux 5.20 and later feed to their entropy pool
-//! at once (and then wipe), so the guest does not wait for entropy; older kernels
-//! skip entry types they do not know.
+//! from the host's getrandom, which Linux 6.0 and later mix into their entropy pool
+//! at once (and then wipe); older kernels skip entry types they do not know. The
+//! seed only counts as entropy, so that the guest need not wait for any, when the
+//! kernel trusts its boot loader: `CONFIG_RANDOM_TRUST_BOOTLOADER=y` (the default).
+//! In 6.1 the `random.trust_bootloader=` switch is parsed after setup_data has been
+//! consumed, so the command line cannot make up for the option being off.
 
 use std::io;
 
