@@ -29,5 +29,6 @@ pub use memory::{
 };
 pub use persist::Persist;
 pub use state::{
-    Origin as StateOrigin, Section, SnapshotWriter, StateError, StateFile, STATE_FORMAT_VERSION,
+    render_value, Origin as StateOrigin, Section, SnapshotWriter, StateError, StateFile,
+    STATE_FORMAT_VERSION,
 };
