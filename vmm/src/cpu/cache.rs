@@ -203,6 +203,7 @@ mod tests {
                 name: "nop".into(),
                 insn: vec![0x90],
                 outcome: ProbeOutcome::Passed,
+                workaround_works: None,
             }],
             cpuid_mask: CpuidMaskCheck::default(),
             duration_us: 1234,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use internal_error::{describe_internal_error, InternalErrorInfo};
 use scratch::{Exit, ScratchVm, DONE_PORT, FAULT_PORT};
-use snippets::{Snippet, SNIPPETS};
+use snippets::{Remedy, Snippet, SNIPPETS};
 
 use super::cpuid::{bit_is_set, guest_cpuid};
 use super::features::CpuFeature;
@@ -31,6 +31,8 @@ use super::host::host_has;
 /// results of an older probe are not reused.
 pub const PROBE_VERSION: u32 = 1;
 
+/// The breakpoint exception, raised by `int3`.
+const BP_VECTOR: u8 = 3;
 /// Port the CPUID check writes to after each `cpuid`.
 const CPUID_PORT: u8 = 0x12;
 
@@ -99,6 +101,10 @@ pub struct ProbeResult {
     /// What happened.
     #[serde(flatten)]
     pub outcome: ProbeOutcome,
+    /// For a failure the VMM can work around (`int3`, `fwait`): whether the
+    /// workaround, tried in the same scratch VM, let the code go on.
+    #[serde(default)]
+    pub workaround_works: Option<bool>,
 }
 
 /// Whether clearing CPUID bits with KVM_SET_CPUID2 hides them from the guest.
@@ -150,13 +156,9 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
 
     let mut results = Vec::with_capacity(SNIPPETS.len());
     for snippet in SNIPPETS {
-        let outcome = run_snippet(kvm, &cpuid, snippet)?;
-        debug!("cpu probe: {}: {:?}", snippet.name, outcome);
-        results.push(ProbeResult {
-            name: snippet.name.to_string(),
-            insn: snippet.insn.to_vec(),
-            outcome,
-        });
+        let result = run_snippet(kvm, &cpuid, snippet)?;
+        debug!("cpu probe: {}: {:?}", snippet.name, result.outcome);
+        results.push(result);
     }
     if results[0].outcome != ProbeOutcome::Passed {
         return Err(ProbeError::ControlFailed(format!(
@@ -185,18 +187,35 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
     Ok(report)
 }
 
-/// Runs one snippet: its setup, the instruction, then `out DONE_PORT; hlt`.
-fn run_snippet(kvm: &Kvm, cpuid: &CpuId, snippet: &Snippet) -> Result<ProbeOutcome, ProbeError> {
+/// Runs one snippet: its setup, the instruction, then `out DONE_PORT; hlt`;
+/// if it fails and the VMM has a workaround for it, tries that too.
+fn run_snippet(kvm: &Kvm, cpuid: &CpuId, snippet: &Snippet) -> Result<ProbeResult, ProbeError> {
+    let mut result = ProbeResult {
+        name: snippet.name.to_string(),
+        insn: snippet.insn.to_vec(),
+        outcome: ProbeOutcome::Passed,
+        workaround_works: None,
+    };
     if let Some(bit) = snippet.requires.filter(|b| !host_has(*b)) {
         let name = CpuFeature::from_bit(bit).map_or(bit.to_string(), |f| f.to_string());
-        return Ok(ProbeOutcome::Skipped {
+        result.outcome = ProbeOutcome::Skipped {
             reason: format!("the host CPU lacks {name}"),
-        });
+        };
+        return Ok(result);
     }
     let mut code = [snippet.setup, snippet.insn].concat();
     code.extend_from_slice(&done_sequence());
     let mut vm = ScratchVm::new(kvm, cpuid, &code, snippet.cr4)?;
-    let outcome = match vm.run()? {
+    result.outcome = outcome_of(vm.run()?, snippet);
+    if matches!(result.outcome, ProbeOutcome::Failed { .. }) {
+        result.workaround_works = try_workaround(&mut vm, snippet)?;
+    }
+    Ok(result)
+}
+
+/// What an exit means for `snippet`.
+fn outcome_of(exit: Exit, snippet: &Snippet) -> ProbeOutcome {
+    match exit {
         Exit::Out { port, .. } if port == DONE_PORT => ProbeOutcome::Passed,
         Exit::Out { port, value } if port == FAULT_PORT => match snippet.raises {
             Some(vector) if vector == value => ProbeOutcome::Passed,
@@ -206,8 +225,20 @@ fn run_snippet(kvm: &Kvm, cpuid: &CpuId, snippet: &Snippet) -> Result<ProbeOutco
         Exit::Out { port, value } => unexpected(format!("out {value:#x} to port {port:#x}")),
         Exit::Hlt => unexpected("halted before the end of the code".into()),
         Exit::Other(exit) => unexpected(exit),
-    };
-    Ok(outcome)
+    }
+}
+
+/// Applies the VMM's workaround for `snippet` to the stopped vCPU and runs
+/// on; `None` if there is no workaround to try.
+fn try_workaround(vm: &mut ScratchVm, snippet: &Snippet) -> Result<Option<bool>, ProbeError> {
+    let len = snippet.insn.len() as u64;
+    match snippet.remedy {
+        Remedy::InjectBreakpoint => vm.inject_trap(len, BP_VECTOR)?,
+        Remedy::SkipFwait => vm.step_over(len)?,
+        _ => return Ok(None),
+    }
+    let works = outcome_of(vm.run()?, snippet) == ProbeOutcome::Passed;
+    Ok(Some(works))
 }
 
 fn unexpected(exit: String) -> ProbeOutcome {
@@ -227,7 +258,6 @@ fn check_cpuid_masking(kvm: &Kvm, supported: &CpuId) -> Result<CpuidMaskCheck, P
         .iter()
         .map(|f| (f.bit().leaf, f.bit().subleaf))
         .collect();
-    leaves.dedup();
     leaves.sort();
     leaves.dedup();
 
@@ -300,7 +330,7 @@ mod tests {
         let report = run_probe(&kvm()).expect("the probe failed");
         eprintln!("probe took {:?}", report.duration());
         for r in &report.results {
-            eprintln!("  {:<12} {:?}", r.name, r.outcome);
+            eprintln!("  {:<12} {:?} {:?}", r.name, r.outcome, r.workaround_works);
         }
         eprintln!(
             "  cpuid bits that ignore KVM_SET_CPUID2: {:?}",
@@ -331,7 +361,7 @@ mod tests {
                     }
                 }
                 ProbeOutcome::Skipped { .. } => assert!(snippet.requires.is_some()),
-                _ => {}
+                _ => assert_eq!(r.workaround_works, None, "{}", r.name),
             }
         }
     }
@@ -347,7 +377,8 @@ mod tests {
             insn: &[0x0f, 0x0b],
             ..snippets::CONTROL
         };
-        let outcome = run_snippet(&kvm, &cpuid, &ud2).unwrap();
-        assert_eq!(outcome, ProbeOutcome::Faulted { vector: 6 });
+        let result = run_snippet(&kvm, &cpuid, &ud2).unwrap();
+        assert_eq!(result.outcome, ProbeOutcome::Faulted { vector: 6 });
+        assert_eq!(result.workaround_works, None);
     }
 }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheKey, ProbeCache};
 use super::features::{with_dependents, CpuFeature, UnknownFeature};
-use super::probe::snippets::{self, Remedy};
-use super::probe::{run_probe, ProbeError, ProbeOutcome, ProbeReport};
+use super::probe::snippets::{self, Remedy, Snippet};
+use super::probe::{run_probe, ProbeError, ProbeOutcome, ProbeReport, ProbeResult};
 
 /// The invalid-opcode exception.
 const UD_VECTOR: u8 = 6;
@@ -204,32 +204,9 @@ pub fn decide(report: Option<&ProbeReport>, overrides: &CpuOverrides) -> HostQui
     let mut quirks = HostQuirks::default();
     let mut extra_switches: Vec<&str> = Vec::new();
     for result in report.into_iter().flat_map(|r| &r.results) {
-        let Some(snippet) = snippets::by_name(&result.name) else {
-            continue; // a result of some other probe version
-        };
-        match (&result.outcome, snippet.remedy) {
-            (ProbeOutcome::Failed { .. } | ProbeOutcome::Unexpected { .. }, _) => {}
-            // The host CPU has it (else the probe is skipped) but the guest
-            // gets #UD: the guest must not believe it has the feature.
-            (ProbeOutcome::Faulted { vector: UD_VECTOR }, Remedy::Hide(f)) => {
-                quirks.hide.push(f);
-                continue;
-            }
-            _ => continue,
-        }
-        match snippet.remedy {
-            Remedy::Hide(f) => quirks.hide.push(f),
-            Remedy::InjectBreakpoint => {
-                quirks.inject_int3_bp = true;
-                // Linux patches these paravirtual features in with int3
-                // breakpoints that a timer tick can then hit.
-                quirks.hide.push(CpuFeature::KvmStealTime);
-                quirks.hide.push(CpuFeature::KvmClockStable);
-            }
-            Remedy::SkipFwait => quirks.skip_fwait = true,
-            Remedy::Cmdline(switches) => extra_switches.extend(switches),
-            Remedy::Unavoidable => quirks.unavoidable.push(snippet.name.to_string()),
-            Remedy::Control => {}
+        // A result of another probe version has no snippet: skip it.
+        if let Some(snippet) = snippets::by_name(&result.name) {
+            quirks.take(result, snippet, &mut extra_switches);
         }
     }
     quirks.hide.retain(|f| !overrides.keep.contains(f));
@@ -243,6 +220,44 @@ pub fn decide(report: Option<&ProbeReport>, overrides: &CpuOverrides) -> HostQui
         }
     }
     quirks
+}
+
+impl HostQuirks {
+    /// Takes one probe result into account.
+    fn take(&mut self, result: &ProbeResult, snippet: &Snippet, switches: &mut Vec<&str>) {
+        match (&result.outcome, snippet.remedy) {
+            (ProbeOutcome::Failed { .. } | ProbeOutcome::Unexpected { .. }, remedy) => {
+                self.apply(remedy, snippet.name, switches)
+            }
+            // The host CPU has it (else the probe is skipped) but the guest
+            // gets #UD: the guest must not believe it has the feature.
+            (ProbeOutcome::Faulted { vector: UD_VECTOR }, Remedy::Hide(f)) => self.hide.push(f),
+            _ => {}
+        }
+        if result.workaround_works == Some(false) {
+            // Still worth trying in the guest, but say it did not help here.
+            let name = snippet.name;
+            self.unavoidable
+                .push(format!("{name} (the VMM's workaround failed in the probe)"));
+        }
+    }
+
+    fn apply(&mut self, remedy: Remedy, name: &str, switches: &mut Vec<&str>) {
+        match remedy {
+            Remedy::Hide(f) => self.hide.push(f),
+            Remedy::InjectBreakpoint => {
+                self.inject_int3_bp = true;
+                // Linux patches these paravirtual features in with int3
+                // breakpoints that a timer tick can then hit.
+                self.hide.push(CpuFeature::KvmStealTime);
+                self.hide.push(CpuFeature::KvmClockStable);
+            }
+            Remedy::SkipFwait => self.skip_fwait = true,
+            Remedy::Cmdline(extra) => switches.extend(extra),
+            Remedy::Unavoidable => self.unavoidable.push(name.to_string()),
+            Remedy::Control => {}
+        }
+    }
 }
 
 /// The switches that hide `hide` from a guest kernel where CPUID cannot.
@@ -276,7 +291,7 @@ fn cmdline_switches(hide: &[CpuFeature], report: Option<&ProbeReport>) -> Vec<St
 mod tests {
     use super::*;
     use crate::cpu::probe::snippets::SNIPPETS;
-    use crate::cpu::probe::{CpuidMaskCheck, InternalErrorInfo, ProbeResult, PROBE_VERSION};
+    use crate::cpu::probe::{CpuidMaskCheck, InternalErrorInfo, PROBE_VERSION};
 
     /// A report where `failing` fail, everything else passes, and `leaked`
     /// reach the guest despite KVM_SET_CPUID2.
@@ -297,6 +312,7 @@ mod tests {
                 } else {
                     ProbeOutcome::Passed
                 },
+                workaround_works: failing.contains(&s.name).then_some(true),
             })
             .collect();
         ProbeReport {
@@ -361,6 +377,24 @@ mod tests {
         assert!(
             line.contains("inject #BP for int3 and step over fwait"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_workaround_that_failed_in_the_probe_is_reported() {
+        let mut r = report(&["int3"], &[]);
+        r.results
+            .iter_mut()
+            .find(|r| r.name == "int3")
+            .unwrap()
+            .workaround_works = Some(false);
+        let quirks = decide(Some(&r), &CpuOverrides::default());
+        assert!(quirks.inject_int3_bp);
+        assert_eq!(quirks.unavoidable.len(), 1);
+        assert!(
+            quirks.unavoidable[0].starts_with("int3 "),
+            "{:?}",
+            quirks.unavoidable
         );
     }
 
@@ -443,8 +477,10 @@ mod tests {
             let name = failure.name.as_str();
             let held = match snippets::by_name(name).unwrap().remedy {
                 Remedy::Hide(f) => quirks.hide.contains(&f),
-                Remedy::InjectBreakpoint => quirks.inject_int3_bp,
-                Remedy::SkipFwait => quirks.skip_fwait,
+                Remedy::InjectBreakpoint => {
+                    quirks.inject_int3_bp && failure.workaround_works.is_some()
+                }
+                Remedy::SkipFwait => quirks.skip_fwait && failure.workaround_works.is_some(),
                 Remedy::Cmdline(s) => s.iter().all(|s| quirks.cmdline.iter().any(|c| c == s)),
                 Remedy::Unavoidable => quirks.unavoidable.iter().any(|u| u == name),
                 Remedy::Control => false,

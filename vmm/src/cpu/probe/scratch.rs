@@ -169,6 +169,32 @@ impl ScratchVm {
         })
     }
 
+    /// Moves RIP `len` bytes on, past an instruction KVM could not run.
+    pub fn step_over(&self, len: u64) -> Result<(), ProbeError> {
+        let mut regs = self.regs()?;
+        regs.rip += len;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(ProbeError::kvm("KVM_SET_REGS"))
+    }
+
+    /// Steps over a trapping instruction of `len` bytes and injects the
+    /// exception `vector` it should have raised, as a VMM would.
+    pub fn inject_trap(&self, len: u64, vector: u8) -> Result<(), ProbeError> {
+        self.step_over(len)?;
+        let mut events = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(ProbeError::kvm("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        self.vcpu
+            .set_vcpu_events(&events)
+            .map_err(ProbeError::kvm("KVM_SET_VCPU_EVENTS"))
+    }
+
     /// The vCPU's general-purpose registers.
     pub fn regs(&self) -> Result<kvm_regs, ProbeError> {
         self.vcpu
