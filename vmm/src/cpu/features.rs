@@ -85,6 +85,8 @@ pub struct FeatureInfo {
 /// The KVM paravirtual feature leaf (KVM_CPUID_FEATURES).
 pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 
+/// Linux's `clearcpuid=` looks names up in the same table /proc/cpuinfo
+/// prints, so one name serves both.
 const fn info(
     leaf: u32,
     subleaf: u32,
@@ -99,6 +101,8 @@ const fn info(
     }
 }
 
+/// Declares `CpuFeature` from one table row per feature, so a feature's bit
+/// and names cannot drift apart from its variant.
 macro_rules! cpu_features {
     ($(
         $(#[$doc:meta])*

@@ -14,7 +14,9 @@ pub mod snippets;
 
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_regs, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::Kvm;
 use log::{debug, info};
 use serde::{Deserialize, Serialize};
@@ -158,13 +160,10 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
     for snippet in SNIPPETS {
         let result = run_snippet(kvm, &cpuid, snippet)?;
         debug!("cpu probe: {}: {:?}", snippet.name, result.outcome);
+        if snippet.remedy == Remedy::Control && result.outcome != ProbeOutcome::Passed {
+            return Err(ProbeError::ControlFailed(format!("{:?}", result.outcome)));
+        }
         results.push(result);
-    }
-    if results[0].outcome != ProbeOutcome::Passed {
-        return Err(ProbeError::ControlFailed(format!(
-            "{:?}",
-            results[0].outcome
-        )));
     }
     let cpuid_mask = check_cpuid_masking(kvm, &supported)?;
     let report = ProbeReport {
@@ -173,16 +172,15 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
         cpuid_mask,
         duration_us: start.elapsed().as_micros() as u64,
     };
-    let failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
+    let mut failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
+    if failed.is_empty() {
+        failed.push("none");
+    }
     info!(
         "cpu probe: {} instructions in {:?}; failing: {}",
         report.results.len(),
         report.duration(),
-        if failed.is_empty() {
-            "none".to_string()
-        } else {
-            failed.join(" ")
-        }
+        failed.join(" ")
     );
     Ok(report)
 }
@@ -260,17 +258,7 @@ fn check_cpuid_masking(kvm: &Kvm, supported: &CpuId) -> Result<CpuidMaskCheck, P
         .collect();
     leaves.sort();
     leaves.dedup();
-
-    let mut code = Vec::new();
-    for (leaf, subleaf) in &leaves {
-        code.push(0xb8); // mov eax, leaf
-        code.extend_from_slice(&leaf.to_le_bytes());
-        code.push(0xb9); // mov ecx, subleaf
-        code.extend_from_slice(&subleaf.to_le_bytes());
-        code.extend_from_slice(&[0x0f, 0xa2, 0xe6, CPUID_PORT]); // cpuid; out
-    }
-    code.extend_from_slice(&done_sequence());
-    let mut vm = ScratchVm::new(kvm, &cpuid, &code, 0)?;
+    let mut vm = ScratchVm::new(kvm, &cpuid, &cpuid_code(&leaves), 0)?;
 
     let mut seen = Vec::new();
     for (leaf, subleaf) in &leaves {
@@ -298,16 +286,26 @@ fn check_cpuid_masking(kvm: &Kvm, supported: &CpuId) -> Result<CpuidMaskCheck, P
     })
 }
 
+/// For each leaf: `mov eax, leaf; mov ecx, subleaf; cpuid; out CPUID_PORT`.
+fn cpuid_code(leaves: &[(u32, u32)]) -> Vec<u8> {
+    let mut code = Vec::new();
+    for (leaf, subleaf) in leaves {
+        code.push(0xb8);
+        code.extend_from_slice(&leaf.to_le_bytes());
+        code.push(0xb9);
+        code.extend_from_slice(&subleaf.to_le_bytes());
+        code.extend_from_slice(&[0x0f, 0xa2, 0xe6, CPUID_PORT]);
+    }
+    code.extend_from_slice(&done_sequence());
+    code
+}
+
 /// What the guest's `cpuid` returned, as a CPUID entry.
-fn observed_entry(
-    leaf: u32,
-    subleaf: u32,
-    r: &kvm_bindings::kvm_regs,
-) -> kvm_bindings::kvm_cpuid_entry2 {
-    kvm_bindings::kvm_cpuid_entry2 {
+fn observed_entry(leaf: u32, subleaf: u32, r: &kvm_regs) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
         function: leaf,
         index: subleaf,
-        flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
         eax: r.rax as u32,
         ebx: r.rbx as u32,
         ecx: r.rcx as u32,
