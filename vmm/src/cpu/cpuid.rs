@@ -319,4 +319,30 @@ pub(crate) mod tests {
         assert!(!bit_is_set(cpuid.as_slice(), HTT));
         assert_eq!(get(&cpuid, 0xb, 1).eax, 0);
     }
+
+    #[test]
+    fn kvm_accepts_the_guest_cpuid() {
+        let kvm = kvm_ioctls::Kvm::new().expect("this test needs a usable /dev/kvm");
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        let vm = kvm.create_vm().unwrap();
+        for (id, hide) in [(0u8, &[][..]), (1, CpuFeature::ALL)] {
+            let vcpu = vm.create_vcpu(u64::from(id)).unwrap();
+            vcpu.set_cpuid2(&guest_cpuid(&supported, id, 2, hide))
+                .unwrap();
+            let back = vcpu
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .unwrap();
+            let leaf1 = find_entry(back.as_slice(), 1, 0).unwrap();
+            assert_eq!(leaf1.ebx >> 24, u32::from(id), "APIC id of vCPU {id}");
+            assert!(bit_is_set(back.as_slice(), HYPERVISOR));
+            let pv = find_entry(back.as_slice(), 0x4000_0001, 0).expect("KVM leaf dropped");
+            assert_ne!(
+                pv.eax & 1 << 3,
+                0,
+                "kvmclock (KVM_FEATURE_CLOCKSOURCE2) lost"
+            );
+        }
+    }
 }
