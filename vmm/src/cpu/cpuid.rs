@@ -7,6 +7,7 @@
 //! them: the guest needs them to find kvmclock.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use log::warn;
 
 use super::features::{with_dependents, CpuFeature, CpuidBit, CpuidReg};
 
@@ -27,6 +28,7 @@ const LEVEL_CORE: u32 = 2;
 /// Hiding XSAVE also empties leaf 0xD, so the guest sees no XSAVE state at all.
 pub fn guest_cpuid(supported: &CpuId, vcpu_id: u8, num_vcpus: u8, hide: &[CpuFeature]) -> CpuId {
     let mut cpuid = supported.clone();
+    add_missing_topology_levels(&mut cpuid);
     let topology = Topology::new(vcpu_id, num_vcpus);
     let hidden = with_dependents(hide);
     let mut bits: Vec<CpuidBit> = hidden.iter().map(|f| f.bit()).collect();
@@ -44,6 +46,36 @@ pub fn guest_cpuid(supported: &CpuId, vcpu_id: u8, num_vcpus: u8, hide: &[CpuFea
         }
     }
     cpuid
+}
+
+/// Makes sure leaves 0xB and 0x1F, where present, have the SMT and core
+/// levels and the invalid level that ends the list: KVM may report only
+/// sub-leaf 0, and without a core level Linux would put every vCPU in a
+/// package of its own.
+fn add_missing_topology_levels(cpuid: &mut CpuId) {
+    for leaf in [0xb, 0x1f] {
+        let has = |cpuid: &CpuId, index| {
+            cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == leaf && e.index == index)
+        };
+        if !has(cpuid, 0) {
+            continue;
+        }
+        let missing: Vec<u32> = (1..=2).filter(|i| !has(cpuid, *i)).collect();
+        for index in missing {
+            let level = kvm_cpuid_entry2 {
+                function: leaf,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
+            if cpuid.push(level).is_err() {
+                warn!("CPUID is full: leaf {leaf:#x} lacks topology level {index}");
+            }
+        }
+    }
 }
 
 /// Whether `entry` is the one CPUID returns for `leaf` and `subleaf`.
@@ -309,6 +341,26 @@ pub(crate) mod tests {
         assert_eq!((l3.eax >> 26, (l3.eax >> 14) & 0xfff), (3, 3));
         assert_eq!(get(&cpuid, 0x8000_0008, 0).ecx & 0xf0ff, 0x2002);
         assert_eq!(get(&cpuid, 0x8000_001e, 0).eax, 2);
+    }
+
+    #[test]
+    fn missing_topology_levels_are_added() {
+        let only_level_0: Vec<kvm_cpuid_entry2> = synthetic_supported()
+            .as_slice()
+            .iter()
+            .filter(|e| e.function != 0xb || e.index == 0)
+            .copied()
+            .collect();
+        let supported = CpuId::from_entries(&only_level_0).unwrap();
+        let cpuid = guest_cpuid(&supported, 1, 4, &[]);
+        let core = get(&cpuid, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 1));
+        assert_eq!(get(&cpuid, 0xb, 2).ecx >> 8, 0, "the list must end");
+        assert_eq!(cpuid.as_slice().len(), supported.as_slice().len() + 2);
+        assert!(
+            find_entry(cpuid.as_slice(), 0x1f, 0).is_none(),
+            "no 0x1F invented"
+        );
     }
 
     #[test]
