@@ -178,14 +178,21 @@ pub fn virtio_mmio_addr(index: u64) -> Option<GuestAddress> {
 
 /// Guest memory of `mem_size` bytes laid out by [`ram_regions`], backed by anonymous,
 /// private, `MAP_NORESERVE` mappings (host memory is committed on first touch).
-pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
+///
+/// This is an entry point of the boot path, so it reports the boot path's error
+/// (`Memory` wrapping this module's [`Error`]).
+pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, super::Error> {
     create_guest_memory_with_bitmap(mem_size)
 }
 
 /// Like [`create_guest_memory`], with a dirty bitmap of type `B` on each region.
 pub fn create_guest_memory_with_bitmap<B: Bitmap + Default>(
     mem_size: u64,
-) -> Result<GuestMemoryMmap<B>, Error> {
+) -> Result<GuestMemoryMmap<B>, super::Error> {
+    map_guest_memory(mem_size).map_err(super::Error::Memory)
+}
+
+fn map_guest_memory<B: Bitmap + Default>(mem_size: u64) -> Result<GuestMemoryMmap<B>, Error> {
     if mem_size < MIN_MEM_SIZE {
         return Err(Error::TooSmall { size: mem_size });
     }
@@ -291,10 +298,10 @@ mod tests {
     fn create_guest_memory_refuses_bad_sizes() {
         assert!(matches!(
             create_guest_memory(MIB),
-            Err(Error::TooSmall { size }) if size == MIB
+            Err(crate::boot::Error::Memory(Error::TooSmall { size })) if size == MIB
         ));
         assert!(matches!(
-            create_guest_memory(64 * MIB + 1),
+            map_guest_memory::<()>(64 * MIB + 1),
             Err(Error::Unaligned { .. })
         ));
     }

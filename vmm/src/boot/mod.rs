@@ -20,9 +20,9 @@ use std::io::{Read, Seek};
 use linux_loader::cmdline::Cmdline;
 use log::info;
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile};
 
-pub use layout::ram_regions;
+pub use layout::{create_guest_memory, ram_regions};
 pub use loader::{load_initrd, load_kernel, InitrdInfo, KernelImage, KernelKind};
 pub use params::{write_boot_params, BootConfig};
 pub use regs::{boot_regs, boot_sregs};
@@ -72,12 +72,6 @@ pub struct BootInfo {
     pub initrd: Option<InitrdInfo>,
     /// Guest physical address of the zero page: RSI of the boot vCPU.
     pub zero_page: GuestAddress,
-}
-
-/// Guest memory of `mem_size` bytes laid out for booting: see
-/// [`layout::create_guest_memory`].
-pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap, Error> {
-    layout::create_guest_memory(mem_size).map_err(Error::Memory)
 }
 
 /// The kernel command line `base` plus `extra` parameters: see
@@ -136,7 +130,7 @@ mod tests {
     use linux_loader::bootparam::boot_params;
     use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, EM_X86_64, PT_LOAD};
     use std::io::Cursor;
-    use vm_memory::{ByteValued, Bytes};
+    use vm_memory::{ByteValued, Bytes, GuestMemoryMmap};
 
     const MIB: u64 = 1 << 20;
 
