@@ -12,6 +12,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::internal_error::{describe_internal_error, InternalErrorInfo};
+use super::snippets::CR4_OSXSAVE;
 use super::ProbeError;
 use crate::cpu::host::native_cpuid;
 
@@ -48,7 +49,6 @@ const GDT_ENTRIES: [u64; 5] = [
 
 const CR0_PE_MP_ET_NE_WP_AM_PG: u64 = 0x8005_0033;
 const CR4_PAE_OSFXSR_OSXMMEXCPT: u64 = (1 << 5) | (1 << 9) | (1 << 10);
-const CR4_OSXSAVE: u64 = 1 << 18;
 const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 
 /// A KVM exit, copied out of `kvm_run`.
