@@ -181,7 +181,7 @@ impl Machine {
         out: Box<dyn Write + Send>,
         start_paused: bool,
     ) -> Result<Machine, MachineError> {
-        let mem = boot::layout::create_guest_memory(config.mem.bytes()).map_err(MachineError::Boot)?;
+        let mem = boot::create_guest_memory(config.mem.bytes()).map_err(MachineError::Boot)?;
         let vm = Vm::new(&kvm)?;
         vm.register_memory(&mem)?;
         let cmdline = boot::build_cmdline(&config.cmdline, &quirks.cmdline).map_err(MachineError::Boot)?;

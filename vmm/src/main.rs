@@ -102,7 +102,7 @@ fn validate_run(args: &RunArgs) -> Result<(), Failure> {
         )));
     }
     match &args.kernel {
-        Some(k) => vmm::boot::check_kernel_file(k).map_err(|e| Failure::usage(e.to_string()))?,
+        Some(k) => check_kernel_file(k)?,
         None if args.api_sock.is_none() => {
             return Err(Failure::usage(
                 "--kernel is required (or --api-sock, to wait for a snapshot load)",
@@ -116,6 +116,26 @@ fn validate_run(args: &RunArgs) -> Result<(), Failure> {
         })?;
     }
     Ok(())
+}
+
+/// Refuses a kernel file that cannot be read or is neither an ELF vmlinux
+/// nor a bzImage, before anything is created.
+fn check_kernel_file(path: &Path) -> Result<(), Failure> {
+    use std::io::Read;
+    let mut head = [0u8; 0x206];
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot open kernel {}: {e}", path.display())))?;
+    let n = file.read(&mut head).unwrap_or(0);
+    let elf = n >= 4 && head[..4] == *b"\x7fELF";
+    let bzimage = n >= 0x206 && head[0x202..0x206] == *b"HdrS";
+    if elf || bzimage {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "{} is not a Linux kernel: give an uncompressed ELF vmlinux or a bzImage",
+            path.display()
+        )))
+    }
 }
 
 fn classify(e: MachineError) -> Failure {

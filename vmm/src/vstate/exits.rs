@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::PioBus;
-use kvm_bindings::kvm_vcpu_events;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -241,10 +240,14 @@ fn inject_breakpoint(vcpu: &mut VcpuFd, rip: u64) -> Next {
     if let Next::Stop(r) = skip_instruction(vcpu, rip, 1) {
         return Next::Stop(r);
     }
-    let mut events = kvm_vcpu_events::default();
+    // Keep whatever else is pending (interrupts, NMIs); add the exception.
+    let mut events = match vcpu.get_vcpu_events() {
+        Ok(e) => e,
+        Err(e) => return Next::Stop(StopReason::Error(format!("could not read events: {e}"))),
+    };
     events.exception.injected = 1;
     events.exception.nr = BP_VECTOR;
-    events.flags = 0;
+    events.exception.has_error_code = 0;
     match vcpu.set_vcpu_events(&events) {
         Ok(()) => Next::Continue,
         Err(e) => Next::Stop(StopReason::Error(format!("could not inject #BP: {e}"))),

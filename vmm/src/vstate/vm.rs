@@ -11,10 +11,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Where KVM may put the three pages of the task state segment it needs on
-/// Intel hosts: just below the BIOS area at the top of the 4 GiB space, the
-/// address QEMU and Firecracker also use.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+use crate::boot::layout;
 
 /// Errors of setting up or saving the virtual machine.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +61,11 @@ impl Vm {
     /// Creates the VM with its TSS area, in-kernel PIC/IOAPIC and PIT.
     pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        fd.set_tss_address(KVM_TSS_ADDRESS)
+        // Intel hosts need three pages for a real-mode TSS and one for an
+        // identity-mapped page table, both outside guest RAM.
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(|e| VmError::Ioctl("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
         fd.create_irq_chip()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;

@@ -31,6 +31,8 @@ use crate::machine::{open_kvm, Machine, MachineError, PanicWatch, Parts};
 use crate::vstate::vcpu::{Vcpu, VcpuState};
 use crate::vstate::vm::{Vm, VmState};
 
+pub mod drift;
+
 /// Section names of the state file.
 pub mod sections {
     /// Who wrote the snapshot, where, and its id.
