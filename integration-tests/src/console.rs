@@ -64,7 +64,11 @@ impl ConsoleLog {
             }
             let now = Instant::now();
             if s.closed || now >= deadline {
-                let why = if s.closed { "the console closed" } else { "timed out" };
+                let why = if s.closed {
+                    "the console closed"
+                } else {
+                    "timed out"
+                };
                 let tail: String = s.text.chars().rev().take(3000).collect();
                 let tail: String = tail.chars().rev().collect();
                 return Err(format!("{why} after {timeout:?}; console tail:\n{tail}"));

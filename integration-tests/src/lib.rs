@@ -15,7 +15,7 @@ pub use vmm::{CommandResult, Vmm};
 
 /// The kernel command line the tests boot the guest with.
 pub const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux quiet \
-    init_on_alloc=0 cryptomgr.notests";
+    init_on_alloc=0 cryptomgr.notests initcall_blacklist=ptp_kvm_init";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -38,9 +38,12 @@ pub fn hiber_bin() -> PathBuf {
     path
 }
 
-/// The guest kernel and initramfs built by `make guest-images`.
+/// The guest kernel and initramfs built by `make guest-images` (or those
+/// in `$HIBER_GUEST_IMAGES`, a directory holding the same two files).
 pub fn guest_images() -> (PathBuf, PathBuf) {
-    let out = repo_root().join("guest-images/out");
+    let out = std::env::var_os("HIBER_GUEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("guest-images/out"));
     let images = (out.join("vmlinux"), out.join("initramfs.cpio"));
     for p in [&images.0, &images.1] {
         assert!(

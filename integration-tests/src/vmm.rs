@@ -39,7 +39,10 @@ impl Vmm {
     /// Starts `hiber` with `args`, a control socket and console on stdio.
     pub fn spawn(dir: &Path, args: &[String]) -> Vmm {
         crate::require_kvm();
-        let api_sock = dir.join(format!("api-{}.sock", NEXT_ID.fetch_add(1, Ordering::SeqCst)));
+        let api_sock = dir.join(format!(
+            "api-{}.sock",
+            NEXT_ID.fetch_add(1, Ordering::SeqCst)
+        ));
         let log_path = api_sock.with_extension("log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut child = Command::new(crate::hiber_bin())
@@ -127,6 +130,32 @@ impl Vmm {
         Ok(())
     }
 
+    /// Waits for a line starting with `prefix` and returns the rest of it.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let mut cursor = self.cursor.lock().unwrap();
+        let end = self.console.wait_for(*cursor, timeout, |t| {
+            let mut search = 0;
+            while let Some(at) = t[search..].find(prefix) {
+                let at = search + at;
+                let line_start = at == 0 || t.as_bytes()[at - 1] == b'\n';
+                if let Some(nl) = t[at..].find('\n') {
+                    if line_start {
+                        return Some(at + nl + 1);
+                    }
+                    search = at + nl;
+                } else {
+                    return None;
+                }
+            }
+            None
+        })?;
+        let text = self.console.text();
+        let line_end = end - 1;
+        let line_start = text[..line_end].rfind('\n').map_or(0, |i| i + 1);
+        *cursor = end;
+        Ok(text[line_start + prefix.len()..line_end].to_string())
+    }
+
     /// Types a line on the guest console.
     pub fn send_line(&self, line: &str) {
         let mut stdin = self.stdin.lock().unwrap();
@@ -203,7 +232,10 @@ impl Vmm {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                return Err(format!("hiber still runs after {timeout:?}; log:\n{}", self.log()));
+                return Err(format!(
+                    "hiber still runs after {timeout:?}; log:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

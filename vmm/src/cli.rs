@@ -186,7 +186,10 @@ mod tests {
         assert!(parse(&["hiber", "run", "--kernel", "k", "--mem", "12X"]).is_err());
         assert!(parse(&["hiber", "run", "--kernel", "k", "--console", "tcp:1"]).is_err());
         assert!(parse(&["hiber", "run", "--kernel", "k", "--vcpus", "-1"]).is_err());
-        let ok = parse(&["hiber", "run", "--kernel", "k", "--mem", "1G", "--vcpus", "2"]).unwrap();
+        let ok = parse(&[
+            "hiber", "run", "--kernel", "k", "--mem", "1G", "--vcpus", "2",
+        ])
+        .unwrap();
         match ok.command {
             Command::Run(r) => {
                 assert_eq!(r.mem.bytes(), 1 << 30);

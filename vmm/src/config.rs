@@ -88,7 +88,9 @@ impl FromStr for MemSize {
             .filter(|b| b >> shift == n)
             .ok_or_else(|| format!("memory size `{s}` is too large"))?;
         if bytes % 4096 != 0 {
-            return Err(format!("memory size `{s}` is not a whole number of 4 KiB pages"));
+            return Err(format!(
+                "memory size `{s}` is not a whole number of 4 KiB pages"
+            ));
         }
         Ok(MemSize(bytes))
     }

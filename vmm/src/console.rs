@@ -66,7 +66,10 @@ impl Write for ConsoleSink {
 }
 
 enum Backend {
-    Stdio { raw: bool, escape_pending: bool },
+    Stdio {
+        raw: bool,
+        escape_pending: bool,
+    },
     File(std::fs::File),
     Unix {
         listener: UnixListener,
@@ -136,7 +139,10 @@ impl Console {
     /// Handles readiness of one of [`Console::input_fds`].
     pub fn on_readable(&mut self, fd: RawFd) -> ConsoleInput {
         match &mut self.backend {
-            Backend::Stdio { escape_pending, raw } => {
+            Backend::Stdio {
+                escape_pending,
+                raw,
+            } => {
                 let mut buf = [0u8; 256];
                 match io::stdin().lock().read(&mut buf) {
                     Ok(0) | Err(_) => {
@@ -265,7 +271,10 @@ mod tests {
             filter_escape(b"ab\x01\x01c", &mut pending),
             ConsoleInput::Bytes(b"ab\x01c".to_vec())
         );
-        assert_eq!(filter_escape(b"q\x01", &mut pending), ConsoleInput::Bytes(b"q".to_vec()));
+        assert_eq!(
+            filter_escape(b"q\x01", &mut pending),
+            ConsoleInput::Bytes(b"q".to_vec())
+        );
         assert!(pending);
         assert_eq!(filter_escape(b"x", &mut pending), ConsoleInput::Quit);
     }
@@ -286,7 +295,10 @@ mod tests {
         assert_eq!(&got, b"hello");
         client.write_all(b"ls\n").unwrap();
         let client_fd = console.input_fds()[1];
-        assert_eq!(console.on_readable(client_fd), ConsoleInput::Bytes(b"ls\n".to_vec()));
+        assert_eq!(
+            console.on_readable(client_fd),
+            ConsoleInput::Bytes(b"ls\n".to_vec())
+        );
         drop(console);
         assert!(!path.exists());
         std::fs::remove_dir_all(dir).unwrap();

@@ -140,12 +140,20 @@ impl Controller {
         for fd in self.console_fds.iter().filter(|fd| !wanted.contains(fd)) {
             let _ = ops.remove(Events::with_data_raw(*fd, TOKEN_CONSOLE, EventSet::IN));
         }
-        for fd in wanted.iter().filter(|fd| !self.console_fds.contains(fd)) {
-            if let Err(e) = ops.add(Events::with_data_raw(*fd, TOKEN_CONSOLE, EventSet::IN)) {
-                log::warn!("cannot watch console input: {e}");
+        let mut watched = Vec::with_capacity(wanted.len());
+        for fd in wanted {
+            if self.console_fds.contains(&fd) {
+                watched.push(fd);
+                continue;
+            }
+            match ops.add(Events::with_data_raw(fd, TOKEN_CONSOLE, EventSet::IN)) {
+                Ok(()) => watched.push(fd),
+                // epoll refuses regular files and /dev/null: no input comes
+                // from those anyway.
+                Err(e) => log::info!("console input is not watched ({e}); guest input is off"),
             }
         }
-        self.console_fds = wanted;
+        self.console_fds = watched;
     }
 
     fn on_stop(&mut self) {

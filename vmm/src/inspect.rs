@@ -19,7 +19,10 @@ pub fn run(state: &Path, mem: Option<&Path>, as_json: bool) -> Result<(), Persis
     let saved = SavedMachine::read(state)?;
     let report = report(state, &file, &saved, mem)?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print!("{}", render(&report));
     }
@@ -133,18 +136,30 @@ fn hex(v: &Value) -> String {
 
 fn render_vcpu(out: &mut String, v: &Value) {
     let r = &v["regs"];
-    let _ = writeln!(out, "vCPU {} (mp_state {}, TSC {} kHz)", v["id"], v["mp_state"], v["tsc_khz"]);
+    let _ = writeln!(
+        out,
+        "vCPU {} (mp_state {}, TSC {} kHz)",
+        v["id"], v["mp_state"], v["tsc_khz"]
+    );
     for row in [
         ["rax", "rbx", "rcx", "rdx"],
         ["rsi", "rdi", "rbp", "rsp"],
         ["r8", "r9", "r10", "r11"],
         ["r12", "r13", "r14", "r15"],
     ] {
-        let cells: Vec<String> = row.iter().map(|n| format!("{n:<3} {}", hex(&r[*n]))).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .map(|n| format!("{n:<3} {}", hex(&r[*n])))
+            .collect();
         let _ = writeln!(out, "  {}", cells.join("  "));
     }
     let s = &v["sregs"];
-    let _ = writeln!(out, "  rip {}  rflags {}", hex(&r["rip"]), hex(&r["rflags"]));
+    let _ = writeln!(
+        out,
+        "  rip {}  rflags {}",
+        hex(&r["rip"]),
+        hex(&r["rflags"])
+    );
     let _ = writeln!(
         out,
         "  cs {:#06x} (dpl {})  ss {:#06x}  tr {:#06x}",
@@ -172,7 +187,10 @@ fn render_vcpu(out: &mut String, v: &Value) {
 }
 
 fn mib(v: &Value) -> String {
-    format!("{:.1} MiB", v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64)
+    format!(
+        "{:.1} MiB",
+        v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
+    )
 }
 
 /// The text form of [`report`].

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{BusError, PioBus};
-use devices::i8042::{I8042, I8042Error, I8042_BASE, I8042_KBD_IRQ, I8042_LEN};
+use devices::i8042::{I8042Error, I8042, I8042_BASE, I8042_KBD_IRQ, I8042_LEN};
 use devices::rtc::{Rtc, RtcError, RTC_BASE, RTC_LEN};
 use devices::serial::{Serial, SerialError, SerialOutput, COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::LegacyDevicesState;

@@ -3,14 +3,14 @@
 
 pub mod api;
 pub mod boot;
-pub mod cpu;
-pub mod vstate;
+pub mod cli;
 pub mod config;
 pub mod console;
+pub mod controller;
+pub mod cpu;
+pub mod inspect;
 pub mod legacy;
 pub mod machine;
-pub mod controller;
 pub mod persist;
-pub mod cli;
 pub mod timing;
-pub mod inspect;
+pub mod vstate;

@@ -20,8 +20,8 @@ use crate::legacy::{LegacyDevices, LegacyError};
 use crate::vstate::exits::{EmulationWorkarounds, ExitContext, StopReason};
 use crate::vstate::msrs;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuState};
-use crate::vstate::vcpu_thread::{StopNotifier, VcpuCommand, VcpuHandle, VcpuReply};
 use crate::vstate::vcpu_thread::VcpuThreadError;
+use crate::vstate::vcpu_thread::{StopNotifier, VcpuCommand, VcpuHandle, VcpuReply};
 use crate::vstate::vm::{Vm, VmError};
 
 /// What the kernel prints first when it panics; seen on the console, it
@@ -101,7 +101,11 @@ impl PanicWatch {
 impl Write for PanicWatch {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.tail.extend_from_slice(buf);
-        if self.tail.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER) {
+        if self
+            .tail
+            .windows(PANIC_MARKER.len())
+            .any(|w| w == PANIC_MARKER)
+        {
             self.seen.store(true, Ordering::SeqCst);
         }
         let keep = self.tail.len().saturating_sub(PANIC_MARKER.len());
@@ -184,7 +188,8 @@ impl Machine {
         let mem = boot::create_guest_memory(config.mem.bytes()).map_err(MachineError::Boot)?;
         let vm = Vm::new(&kvm)?;
         vm.register_memory(&mem)?;
-        let cmdline = boot::build_cmdline(&config.cmdline, &quirks.cmdline).map_err(MachineError::Boot)?;
+        let cmdline =
+            boot::build_cmdline(&config.cmdline, &quirks.cmdline).map_err(MachineError::Boot)?;
         config.cmdline = cmdline_text(&cmdline);
         log::info!("guest command line: {}", config.cmdline);
         let info = load(&config, &mem, &cmdline)?;
@@ -363,7 +368,7 @@ fn create_boot_vcpus(
     let regs = boot::boot_regs(entry);
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
-        let vcpu = Vcpu::new(vm.fd(), id)?;
+        let mut vcpu = Vcpu::new(vm.fd(), id)?;
         let cpuid = cpu::guest_cpuid(&supported, id, config.vcpus, &quirks.hide);
         let sregs = boot::boot_sregs(&vcpu.sregs()?);
         vcpu.configure_boot(&cpuid, &regs, &sregs)?;

@@ -7,7 +7,6 @@ use std::sync::mpsc::channel;
 
 use clap::Parser;
 use vmm::api::{self, ApiServer};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm::cli::{ApiArgs, Cli, Command, HostArgs, MemBackendArg, QuirksArg, RestoreArgs, RunArgs};
 use vmm::config::{ConsoleConfig, MachineConfig, MAX_VCPUS};
 use vmm::console::Console;
@@ -15,6 +14,7 @@ use vmm::controller::{ApiChannel, Controller, Outcome};
 use vmm::cpu::{self, CpuOverrides, QuirkMode};
 use vmm::machine::{open_kvm, Machine, MachineError};
 use vmm::persist::MemBackend;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Exit status for input Hiber refuses.
 const EXIT_USAGE: u8 = 2;
@@ -111,9 +111,8 @@ fn validate_run(args: &RunArgs) -> Result<(), Failure> {
         None => {}
     }
     if let Some(i) = &args.initrd {
-        std::fs::File::open(i).map_err(|e| {
-            Failure::usage(format!("cannot open initrd {}: {e}", i.display()))
-        })?;
+        std::fs::File::open(i)
+            .map_err(|e| Failure::usage(format!("cannot open initrd {}: {e}", i.display())))?;
     }
     Ok(())
 }
@@ -220,7 +219,11 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
     controller
         .load(&args.snapshot, &args.mem, backend, !args.paused)
         .map_err(|e| Failure {
-            code: if e.status() < 500 { EXIT_USAGE } else { EXIT_FAILURE },
+            code: if e.status() < 500 {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            },
             message: api::error_chain(&e),
         })?;
     let outcome = controller.run().map_err(|e| Failure::runtime(&e))?;
@@ -261,8 +264,8 @@ fn call_api(
 fn host_check(h: &HostArgs) -> Result<u8, Failure> {
     let overrides = overrides(h)?;
     let kvm = open_kvm().map_err(classify)?;
-    let quirks = cpu::host_quirks(&kvm, quirk_mode(h), &overrides)
-        .map_err(|e| Failure::runtime(&e))?;
+    let quirks =
+        cpu::host_quirks(&kvm, quirk_mode(h), &overrides).map_err(|e| Failure::runtime(&e))?;
     println!("{}", quirks.describe());
     Ok(0)
 }

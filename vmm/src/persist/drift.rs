@@ -66,11 +66,27 @@ pub fn differences(a: &SavedMachine, b: &SavedMachine) -> Vec<String> {
     for (x, y) in a.vcpus.iter().zip(&b.vcpus) {
         let id = x.id;
         check(format!("vcpu {id} regs"), encode(&x.regs), encode(&y.regs));
-        check(format!("vcpu {id} sregs"), encode(&x.sregs), encode(&y.sregs));
-        check(format!("vcpu {id} lapic"), encode(&x.lapic), encode(&y.lapic));
-        check(format!("vcpu {id} events"), encode(&x.events), encode(&y.events));
+        check(
+            format!("vcpu {id} sregs"),
+            encode(&x.sregs),
+            encode(&y.sregs),
+        );
+        check(
+            format!("vcpu {id} lapic"),
+            encode(&x.lapic),
+            encode(&y.lapic),
+        );
+        check(
+            format!("vcpu {id} events"),
+            encode(&x.events),
+            encode(&y.events),
+        );
         check(format!("vcpu {id} xsave"), x.xsave.clone(), y.xsave.clone());
-        check(format!("vcpu {id} cpuid"), encode(&x.cpuid), encode(&y.cpuid));
+        check(
+            format!("vcpu {id} cpuid"),
+            encode(&x.cpuid),
+            encode(&y.cpuid),
+        );
         for (m, n) in x.msrs.iter().zip(&y.msrs) {
             check(
                 format!("vcpu {id} msr {:#x}", m.index),
@@ -78,8 +94,16 @@ pub fn differences(a: &SavedMachine, b: &SavedMachine) -> Vec<String> {
                 encode(&(n.index, n.data)),
             );
         }
-        check(format!("vcpu {id} msr list"), encode(&x.msrs.len()), encode(&y.msrs.len()));
-        check(format!("vcpu {id} other"), encode(&(x.mp_state, x.tsc_khz, x.debug_regs, x.xcrs)), encode(&(y.mp_state, y.tsc_khz, y.debug_regs, y.xcrs)));
+        check(
+            format!("vcpu {id} msr list"),
+            encode(&x.msrs.len()),
+            encode(&y.msrs.len()),
+        );
+        check(
+            format!("vcpu {id} other"),
+            encode(&(x.mp_state, x.tsc_khz, x.debug_regs, x.xcrs)),
+            encode(&(y.mp_state, y.tsc_khz, y.debug_regs, y.xcrs)),
+        );
     }
     diffs
 }

@@ -20,8 +20,8 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use serde::{Deserialize, Serialize};
 use snapshot::{MemRegion, MemoryFile, MemoryFileInfo, SnapshotWriter, StateFile};
 use vm_memory::{
-    mmap::MmapRegionBuilder, Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
+    mmap::MmapRegionBuilder, Address, FileOffset, GuestAddress, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
 
 use crate::config::MachineConfig;
@@ -93,7 +93,7 @@ pub enum PersistError {
     #[error("could not make a snapshot id")]
     Id(#[source] snapshot::IdError),
     /// The host cannot give the guest the CPU it had.
-    #[error("the snapshot {path} cannot run on this host: {source}")]
+    #[error("the snapshot {path} cannot run on this host")]
     Cpuid {
         /// The state file.
         path: PathBuf,
@@ -143,13 +143,16 @@ impl From<MachineError> for PersistError {
 
 /// Writes a snapshot of the (paused) machine to `state_path` and
 /// `mem_path`.
-pub fn create_snapshot(m: &Machine, state_path: &Path, mem_path: &Path) -> Result<(), PersistError> {
+pub fn create_snapshot(
+    m: &Machine,
+    state_path: &Path,
+    mem_path: &Path,
+) -> Result<(), PersistError> {
     let start = Instant::now();
     let vcpus = m.save_vcpus().map_err(PersistError::Save)?;
-    let vm = m
-        .vm
-        .save_state()
-        .map_err(|e| PersistError::Save(MachineError::Vm(e)))?;
+    let vm =
+        m.vm.save_state()
+            .map_err(|e| PersistError::Save(MachineError::Vm(e)))?;
     let devices = m.devices.save();
     let id = snapshot::random_snapshot_id().map_err(PersistError::Id)?;
     let saved = start.elapsed();
@@ -304,7 +307,11 @@ pub fn restore(
     Ok(machine)
 }
 
-fn check_host(kvm: &kvm_ioctls::Kvm, path: &Path, saved: &SavedMachine) -> Result<(), PersistError> {
+fn check_host(
+    kvm: &kvm_ioctls::Kvm,
+    path: &Path,
+    saved: &SavedMachine,
+) -> Result<(), PersistError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| MachineError::Kvm {
@@ -321,7 +328,7 @@ fn check_host(kvm: &kvm_ioctls::Kvm, path: &Path, saved: &SavedMachine) -> Resul
 fn restore_vcpus(vm: &Vm, states: &[VcpuState]) -> Result<Vec<Vcpu>, PersistError> {
     let mut vcpus = Vec::with_capacity(states.len());
     for state in states {
-        let vcpu = Vcpu::new(vm.fd(), state.id).map_err(MachineError::Vcpu)?;
+        let mut vcpu = Vcpu::new(vm.fd(), state.id).map_err(MachineError::Vcpu)?;
         vcpu.restore_state(state).map_err(MachineError::Vcpu)?;
         vcpus.push(vcpu);
     }
@@ -341,9 +348,8 @@ fn restore_memory(file: &MemoryFile, backend: MemBackend) -> Result<GuestMemoryM
                 let region = anonymous_region(info).map_err(map_err)?;
                 // SAFETY: the region was just mapped, writable, for `size`
                 // bytes, and nothing else uses it yet.
-                let dest = unsafe {
-                    std::slice::from_raw_parts_mut(region.as_ptr(), info.size as usize)
-                };
+                let dest =
+                    unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), info.size as usize) };
                 file.read_region_into(index, dest, snapshot::HoleFill::AlreadyZero)?;
                 region
             }

@@ -158,7 +158,9 @@ fn system_event(kind: u32) -> Next {
         kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Next::Stop(StopReason::PowerOff),
         kvm_bindings::KVM_SYSTEM_EVENT_RESET => Next::Stop(StopReason::Reset),
         kvm_bindings::KVM_SYSTEM_EVENT_CRASH => Next::Stop(StopReason::Crash),
-        other => Next::Stop(StopReason::Error(format!("unknown KVM system event {other}"))),
+        other => Next::Stop(StopReason::Error(format!(
+            "unknown KVM system event {other}"
+        ))),
     }
 }
 
@@ -192,7 +194,9 @@ fn examine_failure(vcpu: &mut VcpuFd, ctx: &ExitContext) -> Result<FailedInstruc
     // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the `internal`
     // member of the exit union is the one KVM filled in.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-    let regs = vcpu.get_regs().map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
+    let regs = vcpu
+        .get_regs()
+        .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
     let sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
@@ -261,7 +265,9 @@ fn skip_instruction(vcpu: &mut VcpuFd, rip: u64, len: u64) -> Next {
     });
     match result {
         Ok(()) => Next::Continue,
-        Err(e) => Next::Stop(StopReason::Error(format!("could not step over {rip:#x}: {e}"))),
+        Err(e) => Next::Stop(StopReason::Error(format!(
+            "could not step over {rip:#x}: {e}"
+        ))),
     }
 }
 
@@ -327,8 +333,17 @@ mod tests {
             Next::Stop(r) => r,
             _ => panic!("event {k} did not stop the vCPU"),
         };
-        assert_eq!(stop(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN), StopReason::PowerOff);
-        assert_eq!(stop(kvm_bindings::KVM_SYSTEM_EVENT_RESET), StopReason::Reset);
-        assert_eq!(stop(kvm_bindings::KVM_SYSTEM_EVENT_CRASH), StopReason::Crash);
+        assert_eq!(
+            stop(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN),
+            StopReason::PowerOff
+        );
+        assert_eq!(
+            stop(kvm_bindings::KVM_SYSTEM_EVENT_RESET),
+            StopReason::Reset
+        );
+        assert_eq!(
+            stop(kvm_bindings::KVM_SYSTEM_EVENT_CRASH),
+            StopReason::Crash
+        );
     }
 }

@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn boot_msrs_enable_fast_strings_and_writeback_mtrrs() {
         let msrs = boot_msrs();
-        let misc = msrs.iter().find(|m| m.index == MSR_IA32_MISC_ENABLE).unwrap();
+        let misc = msrs
+            .iter()
+            .find(|m| m.index == MSR_IA32_MISC_ENABLE)
+            .unwrap();
         assert_eq!(misc.data & MISC_ENABLE_FAST_STRING, 1);
         let mtrr = msrs.iter().find(|m| m.index == MSR_MTRR_DEF_TYPE).unwrap();
         assert_eq!(mtrr.data, 0x806);

@@ -2,7 +2,7 @@
 
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
-    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, CpuId, Xsave, KVM_MAX_CPUID_ENTRIES,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, CpuId, Xsave,
 };
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,9 @@ pub struct Vcpu {
     /// The KVM file descriptor.
     pub fd: VcpuFd,
     xsave_size: usize,
+    /// The CPUID given with KVM_SET_CPUID2. Saved as given: on some hosts
+    /// KVM_GET_CPUID2 reports bits of the host CPU on top of it.
+    cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 impl Vcpu {
@@ -94,7 +97,12 @@ impl Vcpu {
         let xsave_size = usize::try_from(size)
             .unwrap_or(0)
             .max(std::mem::size_of::<kvm_bindings::kvm_xsave>());
-        Ok(Vcpu { id, fd, xsave_size })
+        Ok(Vcpu {
+            id,
+            fd,
+            xsave_size,
+            cpuid: Vec::new(),
+        })
     }
 
     fn ioctl_err(&self, call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
@@ -106,7 +114,7 @@ impl Vcpu {
     /// registers at the kernel's entry point, a clean FPU and the LAPIC's
     /// LINT0/LINT1 wired as ExtINT and NMI.
     pub fn configure_boot(
-        &self,
+        &mut self,
         cpuid: &CpuId,
         regs: &kvm_regs,
         sregs: &kvm_sregs,
@@ -114,6 +122,7 @@ impl Vcpu {
         self.fd
             .set_cpuid2(cpuid)
             .map_err(self.ioctl_err("KVM_SET_CPUID2"))?;
+        self.cpuid = cpuid.as_slice().to_vec();
         msrs::set_msrs(&self.fd, &msrs::boot_msrs()).map_err(|e| VcpuError::Msrs(self.id, e))?;
         self.fd
             .set_regs(regs)
@@ -126,7 +135,9 @@ impl Vcpu {
             mxcsr: MXCSR_DEFAULT,
             ..Default::default()
         };
-        self.fd.set_fpu(&fpu).map_err(self.ioctl_err("KVM_SET_FPU"))?;
+        self.fd
+            .set_fpu(&fpu)
+            .map_err(self.ioctl_err("KVM_SET_FPU"))?;
         self.configure_lint()
     }
 
@@ -150,14 +161,11 @@ impl Vcpu {
     /// Reads the complete state. The vCPU must be out of KVM_RUN, with any
     /// I/O it exited for already completed.
     pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VcpuError> {
-        let cpuid = self
-            .fd
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(self.ioctl_err("KVM_GET_CPUID2"))?;
-        let msrs = msrs::get_msrs(&self.fd, msr_indices).map_err(|e| VcpuError::Msrs(self.id, e))?;
+        let msrs =
+            msrs::get_msrs(&self.fd, msr_indices).map_err(|e| VcpuError::Msrs(self.id, e))?;
         Ok(VcpuState {
             id: self.id,
-            cpuid: cpuid.as_slice().to_vec(),
+            cpuid: self.cpuid.clone(),
             msrs,
             regs: self.fd.get_regs().map_err(self.ioctl_err("KVM_GET_REGS"))?,
             sregs: self.sregs()?,
@@ -167,7 +175,10 @@ impl Vcpu {
                 .fd
                 .get_debug_regs()
                 .map_err(self.ioctl_err("KVM_GET_DEBUGREGS"))?,
-            lapic: self.fd.get_lapic().map_err(self.ioctl_err("KVM_GET_LAPIC"))?,
+            lapic: self
+                .fd
+                .get_lapic()
+                .map_err(self.ioctl_err("KVM_GET_LAPIC"))?,
             events: self
                 .fd
                 .get_vcpu_events()
@@ -183,11 +194,12 @@ impl Vcpu {
     /// Writes back a saved state, in the order KVM needs: CPUID first (it
     /// decides which MSRs and XSAVE components exist), the TSC frequency,
     /// then registers, LAPIC before MSRs (TSC deadline) and events last.
-    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
         let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::Cpuid(self.id))?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.ioctl_err("KVM_SET_CPUID2"))?;
+        self.cpuid = state.cpuid.clone();
         if let Some(khz) = state.tsc_khz {
             self.set_tsc_khz(khz);
         }

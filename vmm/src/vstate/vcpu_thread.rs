@@ -153,7 +153,9 @@ impl VcpuHandle {
     /// Sends `cmd` and waits for the answer, kicking the thread until it
     /// notices.
     pub fn request(&self, cmd: VcpuCommand) -> Result<VcpuReply, VcpuThreadError> {
-        self.tx.send(cmd).map_err(|_| VcpuThreadError::Gone(self.id))?;
+        self.tx
+            .send(cmd)
+            .map_err(|_| VcpuThreadError::Gone(self.id))?;
         let start = Instant::now();
         loop {
             self.kick();
@@ -268,9 +270,9 @@ impl Runner {
             VcpuCommand::SaveState if !self.paused => {
                 VcpuReply::Refused("the vCPU must be paused first")
             }
-            VcpuCommand::SaveState => VcpuReply::State(Box::new(
-                self.vcpu.save_state(&self.msr_indices),
-            )),
+            VcpuCommand::SaveState => {
+                VcpuReply::State(Box::new(self.vcpu.save_state(&self.msr_indices)))
+            }
             VcpuCommand::CheckHalted => VcpuReply::Halted(self.halted_for_good()),
         };
         let _ = self.replies.send(reply);

@@ -1,0 +1,249 @@
+//! Tests that run the test guest under KVM. The guest boots once per run
+//! (see `fixture`); every other test restores the snapshot of that boot in
+//! a new `hiber` process. They need /dev/kvm and fail without it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration_tests::{base_snapshot, scratch_dir, Vmm};
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+const TICK_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+const WORKLOAD_MIB: u32 = 8;
+
+/// A new process restored from the base snapshot, answering commands.
+fn restored(name: &str) -> Vmm {
+    let base = base_snapshot();
+    let dir = scratch_dir(name);
+    let vmm = Vmm::restore(&dir, &base.state, &base.mem, &[]);
+    let r = vmm
+        .run("true", CMD_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", vmm.log()));
+    assert_eq!(r.status, 0);
+    vmm
+}
+
+/// One line of the workload: its counter, and whether its checks held.
+#[derive(Debug)]
+struct Tick {
+    counter: u64,
+    checksum_ok: bool,
+}
+
+fn next_tick(vmm: &Vmm) -> Tick {
+    let rest = vmm
+        .wait_line("hiber-workload: tick ", TICK_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no workload tick: {e}\n{}", vmm.log()));
+    let mut words = rest.split_whitespace();
+    let counter = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("a counter");
+    let checksum_ok = rest.contains("checksum ok");
+    Tick {
+        counter,
+        checksum_ok,
+    }
+}
+
+fn start_workload(vmm: &Vmm) {
+    let r = vmm
+        .run(&format!("hiber-workload {WORKLOAD_MIB} &"), CMD_TIMEOUT)
+        .unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(next_tick(vmm).checksum_ok);
+}
+
+/// The highest tick counter printed so far.
+fn last_tick(vmm: &Vmm) -> u64 {
+    vmm.console_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("hiber-workload: tick "))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .max()
+        .expect("the workload printed ticks")
+}
+
+fn assert_guest_healthy(vmm: &Vmm) {
+    let console = vmm.console_text();
+    assert!(
+        !console.contains("BACKWARDS"),
+        "monotonic clock went back:\n{console}"
+    );
+    assert!(
+        !console.contains("checksum BAD"),
+        "workload memory corrupted:\n{console}"
+    );
+    let r = vmm
+        .run(
+            "dmesg | grep -c -i -E 'soft lockup|oops|BUG:|rcu.*stall' ; true",
+            CMD_TIMEOUT,
+        )
+        .unwrap();
+    let count: u32 = r
+        .output
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(99);
+    assert_eq!(count, 0, "the guest kernel logged trouble: {}", r.output);
+}
+
+fn snapshot_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.state")),
+        dir.join(format!("{name}.mem")),
+    )
+}
+
+#[test]
+fn boot_reaches_readiness_and_runs_a_command() {
+    let base = base_snapshot();
+    assert!(
+        base.first_command.contains("hello-from-guest"),
+        "{}",
+        base.first_command
+    );
+    assert!(base.boot_console.contains("hiber-guest: ready"));
+    eprintln!("guest ready {:?} after hiber started", base.boot_time);
+}
+
+#[test]
+fn guest_poweroff_ends_the_vmm_with_status_0() {
+    let mut vmm = restored("poweroff");
+    vmm.send_line("run 999 poweroff -f");
+    let status = vmm.wait_exit(EXIT_TIMEOUT).unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log());
+}
+
+#[test]
+fn guest_reboot_ends_the_vmm_with_status_0() {
+    let mut vmm = restored("reboot");
+    vmm.send_line("run 998 reboot -f");
+    let status = vmm.wait_exit(EXIT_TIMEOUT).unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log());
+}
+
+#[test]
+fn workload_continues_after_a_restore_in_a_new_process() {
+    let vmm = restored("continue");
+    start_workload(&vmm);
+    next_tick(&vmm);
+    vmm.pause();
+    let before = last_tick(&vmm);
+    let (state, mem) = snapshot_paths(&vmm.dir, "cont");
+    vmm.snapshot(&state, &mem);
+    let dir = vmm.dir.clone();
+    vmm.kill();
+
+    let vmm = Vmm::restore(&dir, &state, &mem, &[]);
+    let first = next_tick(&vmm);
+    assert!(
+        first.counter == before + 1 || first.counter == before + 2,
+        "the counter was {before} at the snapshot and {} after the restore",
+        first.counter
+    );
+    let second = next_tick(&vmm);
+    assert_eq!(second.counter, first.counter + 1);
+    assert!(first.checksum_ok && second.checksum_ok);
+    assert_guest_healthy(&vmm);
+}
+
+#[test]
+fn twenty_restore_run_pause_snapshot_cycles() {
+    let vmm = restored("cycles");
+    start_workload(&vmm);
+    let dir = vmm.dir.clone();
+    let mut current = vmm;
+    let mut counter = 0;
+    for cycle in 0..20 {
+        let tick = next_tick(&current);
+        assert!(tick.checksum_ok, "cycle {cycle}: {tick:?}");
+        assert!(
+            tick.counter > counter,
+            "cycle {cycle}: {} after {counter}",
+            tick.counter
+        );
+        counter = tick.counter;
+        current.pause();
+        let (state, mem) = snapshot_paths(&dir, &format!("cycle{}", cycle % 2));
+        current.snapshot(&state, &mem);
+        current.kill();
+        current = Vmm::restore(&dir, &state, &mem, &[]);
+    }
+    assert!(next_tick(&current).checksum_ok);
+    assert_guest_healthy(&current);
+}
+
+#[test]
+fn pause_and_resume_in_the_same_process_many_times() {
+    let vmm = restored("pause-resume");
+    start_workload(&vmm);
+    for _ in 0..15 {
+        vmm.pause();
+        let (status, info) = vmm.api("GET", "/", None);
+        assert_eq!(status, 200);
+        assert_eq!(info.unwrap()["state"], "Paused");
+        std::thread::sleep(Duration::from_millis(50));
+        vmm.resume();
+    }
+    let a = next_tick(&vmm);
+    let b = next_tick(&vmm);
+    assert_eq!(b.counter, a.counter + 1);
+    assert!(a.checksum_ok && b.checksum_ok);
+    assert_guest_healthy(&vmm);
+}
+
+#[test]
+fn a_snapshot_needs_a_paused_vm() {
+    let vmm = restored("needs-pause");
+    let body = serde_json::json!({
+        "snapshot_path": vmm.dir.join("x.state"),
+        "mem_file_path": vmm.dir.join("x.mem"),
+    });
+    let (status, reply) = vmm.api("PUT", "/snapshot/create", Some(body));
+    assert_eq!(status, 400);
+    let msg = reply.unwrap()["fault_message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("paused"), "{msg}");
+    // The refused request did not stop the guest.
+    assert_eq!(vmm.run("echo still-here", CMD_TIMEOUT).unwrap().status, 0);
+}
+
+#[test]
+fn restore_then_snapshot_at_once_gives_the_same_state() {
+    let base = base_snapshot();
+    let dir = scratch_dir("same-state");
+    let vmm = Vmm::restore(&dir, &base.state, &base.mem, &["--paused"]);
+    let (state, mem) = snapshot_paths(&dir, "again");
+    vmm.snapshot(&state, &mem);
+    vmm.kill();
+    let mut a = vmm::persist::SavedMachine::read(&base.state).unwrap();
+    let mut b = vmm::persist::SavedMachine::read(&state).unwrap();
+    vmm::persist::drift::normalize(&mut a);
+    vmm::persist::drift::normalize(&mut b);
+    let diffs = vmm::persist::drift::differences(&a, &b);
+    assert!(
+        diffs.is_empty(),
+        "state files differ beyond known drift: {diffs:#?}"
+    );
+    assert_eq!(
+        a.memory
+            .regions
+            .iter()
+            .map(|r| r.checksum)
+            .collect::<Vec<_>>(),
+        b.memory
+            .regions
+            .iter()
+            .map(|r| r.checksum)
+            .collect::<Vec<_>>(),
+        "guest memory changed although the guest never ran"
+    );
+}
