@@ -259,6 +259,21 @@ impl SavedMachine {
         }
         Ok(saved)
     }
+
+    /// Writes this state as a state file at `path`, for tools and tests
+    /// that edit a snapshot (the memory file is left as it is).
+    pub fn write(&self, path: &Path) -> Result<(), PersistError> {
+        let w = state_writer(
+            &self.meta,
+            &self.config,
+            &self.memory,
+            &self.vm,
+            &self.vcpus,
+            &self.devices,
+        )?;
+        w.write_atomic(path)?;
+        Ok(())
+    }
 }
 
 /// Rebuilds a paused machine from a snapshot.

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use integration_tests::{base_snapshot, scratch_dir, Vmm};
 
+mod cli_errors;
+mod refusals;
+
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 const TICK_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
