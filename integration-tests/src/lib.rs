@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod fixture;
+pub mod measure;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};

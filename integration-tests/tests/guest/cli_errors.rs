@@ -15,7 +15,10 @@ fn assert_refused(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
-    assert!(!stderr.contains("entering the guest"), "a vCPU ran: {stderr}");
+    assert!(
+        !stderr.contains("entering the guest"),
+        "a vCPU ran: {stderr}"
+    );
 }
 
 #[test]
@@ -54,13 +57,22 @@ fn memory_too_small_for_kernel_and_initrd_is_refused() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("memory") || stderr.contains("fit"), "{stderr}");
+    assert!(
+        stderr.contains("memory") || stderr.contains("fit"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_missing_initrd_is_refused() {
     let (kernel, _) = guest_images();
-    let out = hiber(&["run", "--kernel", kernel.to_str().unwrap(), "--initrd", "/nope.cpio"]);
+    let out = hiber(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        "/nope.cpio",
+    ]);
     assert_refused(&out, "cannot open initrd /nope.cpio");
 }
 

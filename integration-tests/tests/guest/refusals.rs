@@ -54,7 +54,10 @@ fn assert_refused(out: &Output, needles: &[&str]) {
     for needle in needles {
         assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
     }
-    assert!(!stderr.contains("entering the guest"), "a vCPU ran: {stderr}");
+    assert!(
+        !stderr.contains("entering the guest"),
+        "a vCPU ran: {stderr}"
+    );
 }
 
 fn patch(path: &Path, offset: u64, bytes: &[u8]) {
@@ -149,7 +152,10 @@ fn a_cpu_this_host_cannot_give_is_refused_with_the_missing_features() {
         .iter()
         .find(|e| e.function == 7 && e.index == 0)
         .map_or(0, |e| e.ebx);
-    let bit = (0..32).rev().find(|b| leaf7 & (1 << b) == 0).expect("a free bit");
+    let bit = (0..32)
+        .rev()
+        .find(|b| leaf7 & (1 << b) == 0)
+        .expect("a free bit");
     for vcpu in saved.vcpus.iter_mut() {
         let entry = vcpu
             .cpuid
@@ -159,7 +165,10 @@ fn a_cpu_this_host_cannot_give_is_refused_with_the_missing_features() {
         entry.ebx |= 1 << bit;
     }
     saved.write(&c.state).unwrap();
-    assert_refused(&restore(&c.state, &c.mem), &["cannot run on this host", "missing"]);
+    assert_refused(
+        &restore(&c.state, &c.mem),
+        &["cannot run on this host", "missing"],
+    );
 }
 
 #[test]

@@ -13,12 +13,44 @@ const MSR_IA32_TSC: u32 = 0x10;
 /// time while a timer is armed.
 const APIC_TMCCT: usize = 0x390;
 
+/// kvmclock MSRs: the guest physical address of the wall-clock structure,
+/// and of the per-vCPU time structure (bit 0: enabled).
+const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+/// Sizes of those structures (pvclock_wall_clock, pvclock_vcpu_time_info).
+const WALL_CLOCK_LEN: u64 = 12;
+const VCPU_TIME_LEN: u64 = 32;
+
+/// The guest memory that KVM itself writes, without the guest running:
+/// the kvmclock structures, updated whenever the clock is set and on every
+/// vCPU entry. A snapshot of an unchanged guest may differ there.
+pub fn kvmclock_areas(m: &SavedMachine) -> Vec<std::ops::Range<u64>> {
+    let mut areas = Vec::new();
+    for vcpu in &m.vcpus {
+        for msr in &vcpu.msrs {
+            let len = match msr.index {
+                MSR_KVM_WALL_CLOCK_NEW => WALL_CLOCK_LEN,
+                MSR_KVM_SYSTEM_TIME_NEW if msr.data & 1 == 1 => VCPU_TIME_LEN,
+                _ => continue,
+            };
+            let start = msr.data & !1;
+            areas.push(start..start + len);
+        }
+    }
+    areas
+}
+
 /// Clears the fields that drift, so that what remains can be compared.
 pub fn normalize(m: &mut SavedMachine) {
     // A new id and creation time with every snapshot, by design.
     m.meta.snapshot_id = Default::default();
     m.meta.created_unix = 0;
     m.memory.snapshot_id = Default::default();
+    // KVM writes the kvmclock structures in guest memory (see
+    // `kvmclock_areas`); compare memory contents outside them instead.
+    for region in m.memory.regions.iter_mut() {
+        region.checksum = 0;
+    }
     // kvmclock counts host time; `realtime` and `host_tsc` are host
     // readings taken with it.
     m.vm.clock.clock = 0;
