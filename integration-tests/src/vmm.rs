@@ -56,7 +56,7 @@ impl Vmm {
             .expect("hiber starts");
         let console = ConsoleLog::collect(child.stdout.take().unwrap());
         let stdin = Mutex::new(child.stdin.take().unwrap());
-        let vmm = Vmm {
+        let mut vmm = Vmm {
             child,
             stdin,
             console,
@@ -80,9 +80,10 @@ impl Vmm {
             initrd.display().to_string(),
             "--cmdline".into(),
             crate::TEST_CMDLINE.into(),
-            "--mem".into(),
-            "128M".into(),
         ];
+        if !extra.contains(&"--mem") {
+            args.extend(["--mem".to_string(), "128M".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Vmm::spawn(dir, &args)
     }
@@ -100,11 +101,12 @@ impl Vmm {
         Vmm::spawn(dir, &args)
     }
 
-    fn wait_for_socket(&self) {
+    fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.api_sock.exists() {
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < deadline && !exited,
                 "hiber did not open its control socket; log:\n{}",
                 self.log()
             );
