@@ -34,10 +34,14 @@ unpack() {
 	done
 }
 
-# Runs the kernel's make with the settings that make the build reproducible.
+# Runs the kernel's make with the settings that make the build reproducible:
+# fixed user, host and build number, and the source tarball's time (fixed by
+# the pinned package) as the build time.
 kmake() {
-	make -C "$src" -s KBUILD_BUILD_USER=hiber KBUILD_BUILD_HOST=hiber \
-		KBUILD_BUILD_VERSION=1 KBUILD_BUILD_TIMESTAMP="$LINUX_SOURCE_VERSION" "$@"
+	make -C "$src" -s --no-print-directory KBUILD_BUILD_USER=hiber \
+		KBUILD_BUILD_HOST=hiber KBUILD_BUILD_VERSION=1 \
+		KBUILD_BUILD_TIMESTAMP="$(date -u -r "$LINUX_TARBALL" '+%Y-%m-%d %H:%M:%S UTC')" \
+		"$@"
 }
 
 # Fails if a line of the fragment did not survive `make olddefconfig`.
@@ -63,9 +67,15 @@ verify_config() {
 
 configure() {
 	note "configuring: tinyconfig + $(basename "$fragment")"
-	kmake tinyconfig >/dev/null
-	(cd "$src" && ./scripts/kconfig/merge_config.sh -m .config "$fragment") >/dev/null
-	kmake olddefconfig
+	log="$tmp/config.log"
+	if ! {
+		kmake tinyconfig &&
+			(cd "$src" && ./scripts/kconfig/merge_config.sh -m .config "$fragment") &&
+			kmake olddefconfig
+	} >"$log" 2>&1; then
+		tail -n 30 "$log" >&2
+		die "kernel configuration failed; full log in $log"
+	fi
 	verify_config
 }
 
