@@ -272,3 +272,80 @@ fn differing_pages(m: &vmm::persist::SavedMachine, a: &Path, b: &Path) -> Vec<u6
     }
     pages
 }
+
+#[test]
+fn a_snapshot_loads_over_the_api_into_an_empty_process() {
+    let base = base_snapshot();
+    let dir = scratch_dir("api-load");
+    let vmm = Vmm::spawn(&dir, &["run".to_string()]);
+    let (status, info) = vmm.api("GET", "/", None);
+    assert_eq!(status, 200);
+    let info = info.unwrap();
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["app_name"], "hiber");
+    let body = serde_json::json!({
+        "snapshot_path": base.state,
+        "mem_backend": {"backend_type": "File", "backend_path": base.mem},
+        "resume_vm": true,
+    });
+    let (status, reply) = vmm.api("PUT", "/snapshot/load", Some(body.clone()));
+    assert_eq!(status, 204, "{reply:?}\n{}", vmm.log());
+    assert_eq!(vmm.api("GET", "/", None).1.unwrap()["state"], "Running");
+    let (status, config) = vmm.api("GET", "/vm/config", None);
+    assert_eq!(status, 200);
+    let config = config.unwrap();
+    assert_eq!(config["machine-config"]["vcpu_count"], 1);
+    assert_eq!(config["machine-config"]["mem_size_mib"], 128);
+    let r = vmm.run("echo loaded-over-api", CMD_TIMEOUT).unwrap();
+    assert!(r.output.contains("loaded-over-api"), "{r:?}");
+    // A second load into a process that runs a VM is refused, and the VM
+    // keeps running.
+    let (status, reply) = vmm.api("PUT", "/snapshot/load", Some(body));
+    assert_eq!(status, 400, "{reply:?}");
+    assert_eq!(vmm.run("true", CMD_TIMEOUT).unwrap().status, 0);
+}
+
+#[test]
+fn the_copy_memory_backend_restores_too() {
+    let base = base_snapshot();
+    let dir = scratch_dir("copy-backend");
+    let vmm = Vmm::restore(&dir, &base.state, &base.mem, &["--mem-backend", "copy"]);
+    let r = vmm.run("echo copied", CMD_TIMEOUT).unwrap();
+    assert!(r.output.contains("copied"), "{r:?}");
+}
+
+#[test]
+fn inspect_shows_registers_devices_and_the_memory_map() {
+    let base = base_snapshot();
+    let out = std::process::Command::new(integration_tests::hiber_bin())
+        .arg("inspect")
+        .arg(&base.state)
+        .arg("--mem")
+        .arg(&base.mem)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "format version 1",
+        "vCPU 0",
+        "rip 0x",
+        "cr3",
+        "devices",
+        "apparent",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+    let json = std::process::Command::new(integration_tests::hiber_bin())
+        .args(["inspect", "--json"])
+        .arg(&base.state)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["vcpus"].as_array().unwrap().len(), 1);
+    assert!(v["vcpus"][0]["regs"]["rip"].as_u64().unwrap() > 0);
+}

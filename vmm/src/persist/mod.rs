@@ -101,9 +101,6 @@ pub enum PersistError {
         #[source]
         source: cpu::IncompatibleCpuid,
     },
-    /// The snapshot has no vCPU.
-    #[error("the snapshot {0} holds no vCPU state: it is incomplete")]
-    NoVcpu(PathBuf),
     /// Guest memory could not be mapped.
     #[error("could not map guest memory from {path}")]
     Map {
@@ -126,10 +123,7 @@ impl PersistError {
     /// input for refusals, the server for failures.
     pub fn status(&self) -> u16 {
         match self {
-            PersistError::State(_)
-            | PersistError::Memory(_)
-            | PersistError::Cpuid { .. }
-            | PersistError::NoVcpu(_) => 400,
+            PersistError::State(_) | PersistError::Memory(_) | PersistError::Cpuid { .. } => 400,
             _ => 500,
         }
     }
@@ -254,9 +248,7 @@ impl SavedMachine {
             vcpus: file.sections_named(sections::VCPU)?,
             devices: file.section(sections::DEVICES)?,
         };
-        if saved.vcpus.is_empty() {
-            return Err(PersistError::NoVcpu(path.to_path_buf()));
-        }
+        // `sections_named` refuses a file without any "vcpu" section.
         Ok(saved)
     }
 
@@ -418,4 +410,154 @@ pub fn firecracker_vm_config(c: &MachineConfig) -> serde_json::Value {
         "network-interfaces": [],
         "console": c.console.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConsoleConfig, MemSize};
+    use devices::i8042::I8042;
+    use devices::rtc::Rtc;
+    use devices::serial::Serial;
+    use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn evt() -> EventFd {
+        EventFd::new(0).unwrap()
+    }
+
+    /// A machine state with something other than zeros in every part.
+    fn sample() -> SavedMachine {
+        let mut vcpu = VcpuState {
+            id: 1,
+            cpuid: vec![kvm_cpuid_entry2 {
+                function: 7,
+                ebx: 0x1234,
+                ..Default::default()
+            }],
+            msrs: vec![kvm_msr_entry {
+                index: 0xc000_0082,
+                data: 0xffff_ffff_8140_0000,
+                ..Default::default()
+            }],
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: (0..4096u32).map(|i| i as u8).collect(),
+            xcrs: Default::default(),
+            debug_regs: Default::default(),
+            lapic: Default::default(),
+            events: Default::default(),
+            mp_state: Default::default(),
+            tsc_khz: Some(2_400_000),
+        };
+        vcpu.regs.rip = 0xffff_ffff_8100_0000;
+        vcpu.sregs.cr3 = 0x1000;
+        vcpu.lapic.regs[0x20] = 5;
+        let mut vm = VmState {
+            pic_master: Default::default(),
+            pic_slave: Default::default(),
+            ioapic: Default::default(),
+            pit: Default::default(),
+            clock: Default::default(),
+        };
+        vm.clock.clock = 123_456_789;
+        vm.pit.channels[0].count = 0x1234;
+        let devices = LegacyDevicesState {
+            serial: Serial::new(evt(), Box::new(std::io::sink())).save(),
+            i8042: I8042::new(evt(), evt()).save(),
+            rtc: Rtc::new().save(),
+        };
+        SavedMachine {
+            meta: SnapshotMeta {
+                vmm_version: "0.1.0".into(),
+                created_unix: 1_700_000_000,
+                snapshot_id: [7; 16],
+                host: HostFingerprint {
+                    cpu_vendor: "AuthenticAMD".into(),
+                    family: 25,
+                    model: 1,
+                    stepping: 1,
+                    brand: "AMD EPYC".into(),
+                    kvm_api_version: 12,
+                    host_kernel_release: "6.1.0".into(),
+                    tsc_khz: Some(2_400_000),
+                },
+                quirks: HostQuirks::default(),
+            },
+            config: MachineConfig {
+                vcpus: 2,
+                mem: MemSize(128 << 20),
+                kernel: Some("vmlinux".into()),
+                initrd: None,
+                cmdline: "console=ttyS0".into(),
+                console: ConsoleConfig::Stdio,
+            },
+            memory: MemoryFileInfo {
+                snapshot_id: [7; 16],
+                file_size: 130 << 20,
+                regions: vec![snapshot::RegionInfo {
+                    guest_addr: 0,
+                    size: 128 << 20,
+                    file_offset: 2 << 20,
+                    checksum: 42,
+                }],
+            },
+            vm,
+            vcpus: vec![vcpu.clone(), VcpuState { id: 2, ..vcpu }],
+            devices,
+        }
+    }
+
+    #[test]
+    fn a_saved_machine_round_trips_through_a_state_file() {
+        let dir = std::env::temp_dir().join(format!("hiber-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.state");
+        let m = sample();
+        m.write(&path).unwrap();
+        let back = SavedMachine::read(&path).unwrap();
+        assert!(drift::differences(&m, &back).is_empty());
+        assert_eq!(back.vcpus[1].regs.rip, 0xffff_ffff_8100_0000);
+        assert_eq!(back.vcpus[1].xsave, m.vcpus[1].xsave);
+        assert_eq!(back.vm.clock.clock, 123_456_789);
+        assert_eq!(back.devices, m.devices);
+        assert_eq!(back.config, m.config);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_drift_list_ignores_only_what_it_names() {
+        let a = sample();
+        let mut b = sample();
+        b.vm.clock.clock += 1_000;
+        b.vcpus[0].msrs.push(kvm_msr_entry {
+            index: 0x10,
+            data: 99,
+            ..Default::default()
+        });
+        let (mut na, mut nb) = (sample(), b);
+        drift::normalize(&mut na);
+        drift::normalize(&mut nb);
+        // The clock drifts; an MSR more is a real difference.
+        assert_eq!(
+            drift::differences(&na, &nb),
+            vec!["vcpu 1 msr list".to_string()]
+        );
+        let mut c = sample();
+        c.vcpus[0].regs.rax = 1;
+        assert_eq!(drift::differences(&a, &c), vec!["vcpu 1 regs".to_string()]);
+    }
+
+    #[test]
+    fn a_state_file_without_vcpus_is_refused() {
+        let dir = std::env::temp_dir().join(format!("hiber-novcpu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.state");
+        let mut m = sample();
+        m.vcpus.clear();
+        m.write(&path).unwrap();
+        let err = SavedMachine::read(&path).err().expect("refused");
+        assert!(err.to_string().contains("has no section \"vcpu\""), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
