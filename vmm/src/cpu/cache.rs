@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use kvm_bindings::CpuId;
-use log::{debug, warn};
+use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
 use super::cpuid::guest_cpuid;
@@ -156,6 +156,15 @@ impl ProbeCache {
             Ok(file) if file.key == *key && file.report.version == PROBE_VERSION => {
                 Some(file.report)
             }
+            Ok(file) if file.report.version != PROBE_VERSION => {
+                info!(
+                    "CPU probe cache {} is from probe version {}, this is {}; probing again",
+                    path.display(),
+                    file.report.version,
+                    PROBE_VERSION
+                );
+                None
+            }
             Ok(_) => {
                 warn!(
                     "ignoring CPU probe cache {}: made for another host",
@@ -206,6 +215,7 @@ mod tests {
                 workaround_works: None,
             }],
             cpuid_mask: CpuidMaskCheck::default(),
+            tsc_offset: Default::default(),
             duration_us: 1234,
         }
     }

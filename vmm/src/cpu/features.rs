@@ -168,6 +168,8 @@ cpu_features! {
     Avx2 => 7, 0, Ebx, 5, Some("avx2");
     /// Bit manipulation set 2 (`pdep`, `shlx`, ...).
     Bmi2 => 7, 0, Ebx, 8, Some("bmi2");
+    /// Enhanced `rep movsb`/`rep stosb`: Linux then copies and clears byte-wise.
+    Erms => 7, 0, Ebx, 9, Some("erms");
     /// `invpcid`.
     Invpcid => 7, 0, Ebx, 10, Some("invpcid");
     /// AVX-512 foundation.
@@ -196,6 +198,8 @@ cpu_features! {
     Vpclmulqdq => 7, 0, Ecx, 10, Some("vpclmulqdq");
     /// `rdpid`.
     Rdpid => 7, 0, Ecx, 22, Some("rdpid");
+    /// Fast short `rep movsb`: Linux then copies byte-wise.
+    Fsrm => 7, 0, Edx, 4, Some("fsrm");
     /// `lzcnt` (AMD's "advanced bit manipulation").
     Abm => 0x8000_0001, 0, Ecx, 5, Some("abm");
     /// `rdtscp`.
@@ -245,6 +249,31 @@ impl CpuFeature {
             Avx => &[Avx2, Fma, F16c, Vaes, Vpclmulqdq, Avx512f],
             _ => &[],
         }
+    }
+
+    /// The feature whose clearing makes Linux clear this one too (its
+    /// `cpuid-deps` table), among ours: a `clearcpuid=` that names the
+    /// parent need not name this one.
+    pub fn linux_parent(self) -> Option<CpuFeature> {
+        use CpuFeature::*;
+        match self {
+            Avx | Pku => Some(Xsave),
+            Fma | Vaes | Vpclmulqdq | Avx2 | Avx512f => Some(Avx),
+            _ => None,
+        }
+    }
+
+    /// Whether Linux clears this feature when it clears `root` (directly or
+    /// through a chain of [`linux_parent`](Self::linux_parent)s).
+    pub fn cleared_by_linux_with(self, root: CpuFeature) -> bool {
+        let mut parent = self.linux_parent();
+        while let Some(p) = parent {
+            if p == root {
+                return true;
+            }
+            parent = p.linux_parent();
+        }
+        false
     }
 
     /// CPUID bits without a `CpuFeature` of their own that go with this one.
@@ -366,5 +395,19 @@ mod tests {
             assert!(all.contains(&f), "{f} missing from {all:?}");
         }
         assert_eq!(with_dependents(&[CpuFeature::Cx16]), vec![CpuFeature::Cx16]);
+    }
+
+    #[test]
+    fn linux_parents_are_also_dependents() {
+        // Linux clears a child with its parent; so must our CPUID hiding.
+        for f in CpuFeature::ALL {
+            if let Some(parent) = f.linux_parent() {
+                assert!(with_dependents(&[parent]).contains(f), "{f} of {parent}");
+            }
+        }
+        assert!(CpuFeature::Avx2.cleared_by_linux_with(CpuFeature::Xsave));
+        assert!(CpuFeature::Avx2.cleared_by_linux_with(CpuFeature::Avx));
+        assert!(!CpuFeature::F16c.cleared_by_linux_with(CpuFeature::Avx));
+        assert!(!CpuFeature::Avx.cleared_by_linux_with(CpuFeature::Avx));
     }
 }

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cpuid;
 pub mod features;
 pub mod fingerprint;
+pub mod guest_cmdline;
 pub mod host;
 pub mod probe;
 pub mod quirks;
@@ -16,7 +17,7 @@ pub use cpuid::guest_cpuid;
 pub use features::{CpuFeature, CpuidBit, CpuidReg};
 pub use fingerprint::{check_cpuid_compatible, CpuidEntry, HostFingerprint, IncompatibleCpuid};
 pub use probe::{describe_internal_error, InternalErrorInfo};
-pub use quirks::{host_quirks, CpuOverrides, HostQuirks, QuirkError, QuirkMode};
+pub use quirks::{host_quirks, merge_cmdline, CpuOverrides, HostQuirks, QuirkError, QuirkMode};
 
 /// The error of deciding the guest's CPU: see [`QuirkError`].
 pub type Error = QuirkError;

@@ -6,11 +6,13 @@
 //! instruction emulator, some fail with KVM_EXIT_INTERNAL_ERROR; the quirks
 //! module turns those failures into hidden features and guest switches.
 //! A second check runs `cpuid` with every hideable feature cleared, to learn
-//! which bits reach the guest whatever KVM_SET_CPUID2 says.
+//! which bits reach the guest whatever KVM_SET_CPUID2 says; a third sets the
+//! guest's TSC and reads it back, to learn whether KVM applies the offset.
 
 mod internal_error;
 mod scratch;
 pub mod snippets;
+pub mod tsc;
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +26,16 @@ use serde::{Deserialize, Serialize};
 pub use internal_error::{describe_internal_error, InternalErrorInfo};
 use scratch::{Exit, ScratchVm, DONE_PORT, FAULT_PORT};
 use snippets::{Remedy, Snippet, SNIPPETS};
+pub use tsc::{TscOffsetCheck, TscReading, TscVerdict};
 
 use super::cpuid::{bit_is_set, guest_cpuid};
 use super::features::CpuFeature;
 use super::host::host_has;
 
 /// Bumped whenever the probe's snippets or their meaning change, so cached
-/// results of an older probe are not reused.
-pub const PROBE_VERSION: u32 = 1;
+/// results of an older probe are not reused. Version 2 added the TSC offset
+/// check.
+pub const PROBE_VERSION: u32 = 2;
 
 /// The breakpoint exception, raised by `int3`.
 const BP_VECTOR: u8 = 3;
@@ -56,6 +60,12 @@ pub enum ProbeError {
     /// The control instruction did not pass: the probe cannot be trusted.
     #[error("the probe's control instruction (nop) did not pass ({0}); not trusting the probe")]
     ControlFailed(String),
+    /// The MSR list for KVM_SET_MSRS could not be built (a bug).
+    #[error("could not build the probe's MSR list for KVM_SET_MSRS")]
+    MsrArray,
+    /// KVM_SET_MSRS did not take an MSR every KVM accepts.
+    #[error("KVM refused the probe's write of MSR {0:#x}; is /dev/kvm usable?")]
+    MsrRefused(u32),
 }
 
 impl ProbeError {
@@ -127,6 +137,9 @@ pub struct ProbeReport {
     pub results: Vec<ProbeResult>,
     /// The CPUID masking check.
     pub cpuid_mask: CpuidMaskCheck,
+    /// Whether the guest reads the TSC the VMM sets.
+    #[serde(default)]
+    pub tsc_offset: TscOffsetCheck,
     /// How long the probe took, in microseconds.
     pub duration_us: u64,
 }
@@ -166,10 +179,13 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
         results.push(result);
     }
     let cpuid_mask = check_cpuid_masking(kvm, &supported)?;
+    let tsc_offset = tsc::check_tsc_offset(kvm, &cpuid)?;
+    debug!("cpu probe: TSC offset: {:?}", tsc_offset.readings);
     let report = ProbeReport {
         version: PROBE_VERSION,
         results,
         cpuid_mask,
+        tsc_offset,
         duration_us: start.elapsed().as_micros() as u64,
     };
     let mut failed: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
@@ -177,10 +193,15 @@ pub fn run_probe(kvm: &Kvm) -> Result<ProbeReport, ProbeError> {
         failed.push("none");
     }
     info!(
-        "cpu probe: {} instructions in {:?}; failing: {}",
+        "cpu probe: {} instructions in {:?}; failing: {}; guest TSC offset {}",
         report.results.len(),
         report.duration(),
-        failed.join(" ")
+        failed.join(" "),
+        if report.tsc_offset.offset_ignored() {
+            "ignored"
+        } else {
+            "applied"
+        }
     );
     Ok(report)
 }
@@ -340,6 +361,8 @@ mod tests {
         assert_eq!(report.results.len(), SNIPPETS.len());
         assert_eq!(report.version, PROBE_VERSION);
         assert!(report.cpuid_mask.error.is_none(), "{:?}", report.cpuid_mask);
+        eprintln!("  TSC offset: {:?}", report.tsc_offset);
+        assert_eq!(report.tsc_offset.readings.len(), 2);
         for r in &report.results {
             let snippet = snippets::by_name(&r.name).unwrap();
             assert_eq!(r.insn, snippet.insn);

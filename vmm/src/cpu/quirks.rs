@@ -16,11 +16,24 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheKey, ProbeCache};
 use super::features::{with_dependents, CpuFeature, UnknownFeature};
+pub use super::guest_cmdline::merge_cmdline;
+use super::guest_cmdline::{clearcpuid_names, fit_clearcpuid, log_dropped};
 use super::probe::snippets::{self, Remedy, Snippet};
 use super::probe::{run_probe, ProbeError, ProbeOutcome, ProbeReport, ProbeResult};
 
 /// The invalid-opcode exception.
 const UD_VECTOR: u8 = 6;
+
+/// The guest switch that makes Linux keep time with kvmclock, which KVM
+/// moves with KVM_SET_CLOCK on a restore, instead of the TSC.
+pub const KVM_CLOCK_SWITCH: &str = "clocksource=kvm-clock";
+
+/// Features hidden on a host that emulates guest kernel code. With ERMS or
+/// FSRM, Linux copies and clears memory with `rep movsb`/`rep stosb`, which
+/// KVM's emulator runs one byte per iteration; without them it uses `rep
+/// movsq`/`rep stosq`, eight times fewer iterations for `memcpy` and
+/// `clear_page`.
+const SLOW_WHEN_EMULATED: &[CpuFeature] = &[CpuFeature::Erms, CpuFeature::Fsrm];
 
 /// Errors of deciding the host quirks.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +108,8 @@ pub struct HostQuirks {
     /// Features to hide in every vCPU's CPUID (pass to `guest_cpuid`, which
     /// also hides their dependents).
     pub hide: Vec<CpuFeature>,
-    /// Switches to append to the guest kernel's command line.
+    /// Switches for the guest kernel's command line, with at most one
+    /// `clearcpuid=`; [`merge_cmdline`] merges them into the user's.
     pub cmdline: Vec<String>,
     /// The vCPU loop injects #BP when KVM fails to emulate `int3` at CPL 0.
     pub inject_int3_bp: bool,
@@ -209,6 +223,9 @@ pub fn decide(report: Option<&ProbeReport>, overrides: &CpuOverrides) -> HostQui
             quirks.take(result, snippet, &mut extra_switches);
         }
     }
+    if report.is_some_and(kernel_code_is_emulated) {
+        quirks.hide.extend(SLOW_WHEN_EMULATED);
+    }
     quirks.hide.retain(|f| !overrides.keep.contains(f));
     quirks.hide.extend(&overrides.hide);
     quirks.hide.sort();
@@ -219,7 +236,23 @@ pub fn decide(report: Option<&ProbeReport>, overrides: &CpuOverrides) -> HostQui
             quirks.cmdline.push(switch.to_string());
         }
     }
+    if report.is_some_and(|r| r.tsc_offset.offset_ignored()) {
+        info!(
+            "host quirks: the host ignores the guest TSC offset: the guest uses kvm-clock so \
+             its time survives a restore"
+        );
+        quirks.cmdline.push(KVM_CLOCK_SWITCH.to_string());
+    }
     quirks
+}
+
+/// Whether KVM runs guest kernel code through its instruction emulator:
+/// only an emulator fails to emulate an instruction.
+fn kernel_code_is_emulated(report: &ProbeReport) -> bool {
+    report.results.iter().any(|r| match &r.outcome {
+        ProbeOutcome::Failed { error } => error.is_emulation_failure(),
+        _ => false,
+    })
 }
 
 impl HostQuirks {
@@ -273,17 +306,18 @@ fn cmdline_switches(hide: &[CpuFeature], report: Option<&ProbeReport>) -> Vec<St
     };
     let all = with_dependents(hide);
     let mut switches = Vec::new();
-    if all.contains(&CpuFeature::Xsave) && leaked(&CpuFeature::Xsave) {
+    let noxsave = all.contains(&CpuFeature::Xsave) && leaked(&CpuFeature::Xsave);
+    if noxsave {
         switches.push("noxsave".to_string());
     }
-    let names: Vec<&str> = all
+    let leaking: Vec<CpuFeature> = all
         .iter()
-        .filter(|f| **f != CpuFeature::Xsave && leaked(f))
-        .filter_map(|f| f.clearcpuid_name())
+        .copied()
+        .filter(|f| *f != CpuFeature::Xsave && leaked(f))
         .collect();
-    if !names.is_empty() {
-        switches.push(format!("clearcpuid={}", names.join(",")));
-    }
+    let fitted = fit_clearcpuid(&clearcpuid_names(&leaking, noxsave));
+    log_dropped(&fitted);
+    switches.extend(fitted.switch());
     switches
 }
 
@@ -291,7 +325,10 @@ fn cmdline_switches(hide: &[CpuFeature], report: Option<&ProbeReport>) -> Vec<St
 mod tests {
     use super::*;
     use crate::cpu::probe::snippets::SNIPPETS;
-    use crate::cpu::probe::{CpuidMaskCheck, InternalErrorInfo, PROBE_VERSION};
+    use crate::cpu::probe::tsc::TSC_SET_VALUE;
+    use crate::cpu::probe::{
+        CpuidMaskCheck, InternalErrorInfo, TscOffsetCheck, TscReading, TscVerdict, PROBE_VERSION,
+    };
 
     /// A report where `failing` fail, everything else passes, and `leaked`
     /// reach the guest despite KVM_SET_CPUID2.
@@ -322,6 +359,7 @@ mod tests {
                 leaked: leaked.to_vec(),
                 error: None,
             },
+            tsc_offset: TscOffsetCheck::default(),
             duration_us: 1,
         }
     }
@@ -345,25 +383,33 @@ mod tests {
             "verw",
             "emms",
         ];
-        let leaked = [CpuFeature::Xsave, CpuFeature::Avx, CpuFeature::Popcnt];
+        let leaked = [
+            CpuFeature::Xsave,
+            CpuFeature::Avx,
+            CpuFeature::Popcnt,
+            CpuFeature::Erms,
+        ];
         let quirks = decide(Some(&report(&failing, &leaked)), &CpuOverrides::default());
 
         let hidden = [
             CpuFeature::Cx16,
             CpuFeature::Popcnt,
             CpuFeature::Xsave,
+            CpuFeature::Erms,
+            CpuFeature::Fsrm,
             CpuFeature::KvmStealTime,
             CpuFeature::KvmClockStable,
         ];
         let mut expected = hidden.to_vec();
         expected.sort();
         assert_eq!(quirks.hide, expected);
-        // cx16 did not leak: CPUID hides it and no switch is needed.
+        // cx16 and fsrm did not leak: CPUID hides them, no switch is needed;
+        // noxsave makes Linux drop AVX by itself.
         assert_eq!(
             quirks.cmdline,
             vec![
                 "noxsave",
-                "clearcpuid=popcnt,avx",
+                "clearcpuid=popcnt,erms",
                 "mds=off",
                 "tsx_async_abort=off",
                 "mmio_stale_data=off",
@@ -405,7 +451,13 @@ mod tests {
             keep: vec![CpuFeature::Popcnt],
         };
         let quirks = decide(Some(&report(&["popcnt", "clac"], &[])), &overrides);
-        assert_eq!(quirks.hide, vec![CpuFeature::Rdrand, CpuFeature::Smap]);
+        let expected = [
+            CpuFeature::Rdrand,
+            CpuFeature::Erms,
+            CpuFeature::Smap,
+            CpuFeature::Fsrm,
+        ];
+        assert_eq!(quirks.hide, expected);
         assert!(
             quirks.cmdline.is_empty(),
             "nothing leaked: {:?}",
@@ -446,6 +498,90 @@ mod tests {
         let quirks = decide(Some(&r), &CpuOverrides::default());
         assert_eq!(quirks.hide, vec![CpuFeature::Movbe, CpuFeature::Rdpid]);
         assert_eq!(quirks.cmdline, vec!["clearcpuid=movbe"]);
+    }
+
+    fn tsc_check(cpl3: TscVerdict) -> TscOffsetCheck {
+        let reading = |cpl, verdict| TscReading {
+            cpl,
+            set: TSC_SET_VALUE,
+            guest: Some(TSC_SET_VALUE),
+            host_before: 1 << 40,
+            host_after: (1 << 40) + 1000,
+            verdict,
+        };
+        TscOffsetCheck {
+            readings: vec![reading(0, TscVerdict::Honoured), reading(3, cpl3)],
+        }
+    }
+
+    #[test]
+    fn an_ignored_tsc_offset_puts_the_guest_on_kvm_clock() {
+        let mut r = report(&[], &[]);
+        r.tsc_offset = tsc_check(TscVerdict::ReadsHostTsc);
+        let quirks = decide(Some(&r), &CpuOverrides::default());
+        assert_eq!(quirks.cmdline, vec![KVM_CLOCK_SWITCH]);
+        assert!(quirks.hide.is_empty(), "{quirks:?}");
+        assert!(quirks.to_string().contains("clocksource=kvm-clock"));
+    }
+
+    #[test]
+    fn an_applied_or_unmeasured_tsc_offset_adds_nothing() {
+        let mut r = report(&[], &[]);
+        r.tsc_offset = tsc_check(TscVerdict::Honoured);
+        assert!(decide(Some(&r), &CpuOverrides::default()).is_empty());
+        r.tsc_offset = tsc_check(TscVerdict::NotRead { exit: "Hlt".into() });
+        assert!(decide(Some(&r), &CpuOverrides::default()).is_empty());
+    }
+
+    #[test]
+    fn an_emulating_host_hides_the_byte_wise_string_features() {
+        let leaked = [CpuFeature::Erms, CpuFeature::Fsrm];
+        let quirks = decide(Some(&report(&["emms"], &leaked)), &CpuOverrides::default());
+        assert_eq!(quirks.hide, vec![CpuFeature::Erms, CpuFeature::Fsrm]);
+        assert_eq!(quirks.cmdline, vec!["clearcpuid=erms,fsrm"]);
+
+        // Not an emulation failure (another suberror): no sign of an emulator.
+        let mut r = report(&["emms"], &leaked);
+        let emms = r.results.iter_mut().find(|x| x.name == "emms").unwrap();
+        if let ProbeOutcome::Failed { error } = &mut emms.outcome {
+            error.suberror = 3;
+        }
+        let quirks = decide(Some(&r), &CpuOverrides::default());
+        assert!(quirks.hide.is_empty(), "{quirks:?}");
+
+        // The user can keep them.
+        let keep = CpuOverrides {
+            hide: Vec::new(),
+            keep: leaked.to_vec(),
+        };
+        let quirks = decide(Some(&report(&["emms"], &leaked)), &keep);
+        assert!(
+            quirks.hide.is_empty() && quirks.cmdline.is_empty(),
+            "{quirks:?}"
+        );
+    }
+
+    #[test]
+    fn one_clearcpuid_that_linux_reads_whole_kernel_features_first() {
+        // Everything fails and everything leaks: far more than 127 characters.
+        let names: Vec<&str> = SNIPPETS.iter().map(|s| s.name).collect();
+        let r = report(&names, CpuFeature::ALL);
+        let quirks = decide(Some(&r), &CpuOverrides::default());
+        let clear: Vec<&String> = quirks
+            .cmdline
+            .iter()
+            .filter(|s| s.starts_with("clearcpuid="))
+            .collect();
+        assert_eq!(clear.len(), 1, "{:?}", quirks.cmdline);
+        let value = clear[0].strip_prefix("clearcpuid=").unwrap();
+        assert!(value.len() <= 127, "{} characters: {value}", value.len());
+        assert!(value.starts_with("popcnt,smap,"), "{value}");
+        for kernel in ["invpcid", "rdtscp", "sse4_2", "erms", "fsrm", "cx16"] {
+            assert!(value.split(',').any(|n| n == kernel), "{kernel} in {value}");
+        }
+        // noxsave covers AVX and its family, so they are not spelt out.
+        assert!(quirks.cmdline.iter().any(|s| s == "noxsave"));
+        assert!(!value.split(',').any(|n| n == "avx2"), "{value}");
     }
 
     fn temp_cache(name: &str) -> ProbeCache {

@@ -1,13 +1,18 @@
 //! A throw-away VM with one vCPU already in 64-bit long mode at CPL 0, with
 //! identity paging, a GDT, a TSS and an IDT whose handler for vector `v`
-//! writes `v` to [`FAULT_PORT`] and halts.
+//! writes `v` to [`FAULT_PORT`] and halts. [`ScratchVm::enter_user_mode`]
+//! moves the vCPU to CPL 3 before it first runs.
 //!
 //! Guest physical layout (all inside [`MEM_SIZE`]):
 //! GDT at 0x500, IDT at 0x1000, page tables at 0x2000-0x4fff (one 2 MiB
-//! page), TSS at 0x5000, exception handlers at 0x6000, the data area `[rbx]`
-//! points to at 0x8000, stack below 0xf000, code at 0x10000.
+//! page, user-accessible so the same code can run at CPL 3; CR4.SMEP and
+//! SMAP stay clear, so CPL 0 is not affected), TSS at 0x5000, exception
+//! handlers at 0x6000, the data area `[rbx]` points to at 0x8000, stack
+//! below 0xf000, code at 0x10000.
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcrs, CpuId};
+use kvm_bindings::{
+    kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region, kvm_xcrs, CpuId, Msrs,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -39,13 +44,28 @@ pub const MAX_CODE: usize = MEM_SIZE - CODE as usize;
 const CODE_SELECTOR: u16 = 0x08;
 const DATA_SELECTOR: u16 = 0x10;
 const TSS_SELECTOR: u16 = 0x18;
-const GDT_ENTRIES: [u64; 5] = [
+/// The user data selector, RPL 3.
+const USER_DATA_SELECTOR: u16 = 0x28 | 3;
+/// The user code selector, RPL 3.
+const USER_CODE_SELECTOR: u16 = 0x30 | 3;
+const GDT_ENTRIES: [u64; 7] = [
     0,
     0x00af_9b00_0000_ffff,                             // 64-bit code, DPL 0
     0x00cf_9300_0000_ffff,                             // data, DPL 0
     0x0000_8900_0000_0067 | ((TSS & 0xff_ffff) << 16), // 64-bit TSS, low half
     0,                                                 // 64-bit TSS, high half
+    0x00cf_f300_0000_ffff,                             // data, DPL 3
+    0x00af_fb00_0000_ffff,                             // 64-bit code, DPL 3
 ];
+
+/// Page-table entry bits: present, writable, user.
+const PTE_P_W_U: u64 = 0x7;
+/// Page-directory entry bit for a 2 MiB page.
+const PDE_LARGE: u64 = 0x80;
+/// RFLAGS with IOPL 3, so code at CPL 3 may use `out` to report back.
+const RFLAGS_IOPL3: u64 = 0x3002;
+/// MSR_IA32_TSC: writing it sets the guest's time-stamp counter.
+const MSR_IA32_TSC: u32 = 0x10;
 
 const CR0_PE_MP_ET_NE_WP_AM_PG: u64 = 0x8005_0033;
 const CR4_PAE_OSFXSR_OSXMMEXCPT: u64 = (1 << 5) | (1 << 9) | (1 << 10);
@@ -195,6 +215,43 @@ impl ScratchVm {
             .map_err(ProbeError::kvm("KVM_SET_VCPU_EVENTS"))
     }
 
+    /// Moves the vCPU, not yet run, to CPL 3: user code and data segments,
+    /// IOPL 3 so the code can still report with `out`. Exceptions go to the
+    /// CPL 0 handlers on the TSS's stack.
+    pub fn enter_user_mode(&self) -> Result<(), ProbeError> {
+        let mut sregs = self
+            .vcpu
+            .get_sregs()
+            .map_err(ProbeError::kvm("KVM_GET_SREGS"))?;
+        let data = segment(USER_DATA_SELECTOR, 0x3, false);
+        sregs.cs = segment(USER_CODE_SELECTOR, 0xb, true);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(ProbeError::kvm("KVM_SET_SREGS"))?;
+        let mut regs = self.regs()?;
+        regs.rflags = RFLAGS_IOPL3;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(ProbeError::kvm("KVM_SET_REGS"))
+    }
+
+    /// Sets the guest's time-stamp counter with KVM_SET_MSRS, as a restore
+    /// does; KVM turns the value into a TSC offset.
+    pub fn set_tsc(&self, value: u64) -> Result<(), ProbeError> {
+        let entry = kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            data: value,
+            ..Default::default()
+        };
+        let msrs = Msrs::from_entries(&[entry]).map_err(|_| ProbeError::MsrArray)?;
+        match self.vcpu.set_msrs(&msrs) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(ProbeError::MsrRefused(MSR_IA32_TSC)),
+            Err(e) => Err(ProbeError::Kvm("KVM_SET_MSRS", e)),
+        }
+    }
+
     /// The vCPU's general-purpose registers.
     pub fn regs(&self) -> Result<kvm_regs, ProbeError> {
         self.vcpu
@@ -203,7 +260,7 @@ impl ScratchVm {
     }
 }
 
-/// A flat 4 GiB code or data segment at DPL 0.
+/// A flat 4 GiB code or data segment at the selector's privilege level.
 fn segment(selector: u16, type_: u8, code: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -211,7 +268,7 @@ fn segment(selector: u16, type_: u8, code: bool) -> kvm_segment {
         selector,
         type_,
         present: 1,
-        dpl: 0,
+        dpl: (selector & 3) as u8,
         db: u8::from(!code),
         s: 1,
         l: u8::from(code),
@@ -243,9 +300,9 @@ fn guest_memory(vm: &VmFd) -> Result<GuestMemoryMmap, ProbeError> {
 /// Writes page tables, descriptor tables, handlers, data and `code`.
 fn lay_out(mem: &GuestMemoryMmap, code: &[u8]) -> Result<(), ProbeError> {
     let w64 = |addr: u64, v: u64| mem.write_obj(v, GuestAddress(addr));
-    w64(PML4, PDPT | 0x3)?;
-    w64(PDPT, PD | 0x3)?;
-    w64(PD, 0x83)?; // present, writable, 2 MiB page at 0
+    w64(PML4, PDPT | PTE_P_W_U)?;
+    w64(PDPT, PD | PTE_P_W_U)?;
+    w64(PD, PDE_LARGE | PTE_P_W_U)?; // one 2 MiB page at 0
     for (i, entry) in GDT_ENTRIES.iter().enumerate() {
         w64(GDT + 8 * i as u64, *entry)?;
     }
