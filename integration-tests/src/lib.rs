@@ -16,7 +16,7 @@ pub use vmm::{CommandResult, Vmm};
 
 /// The kernel command line the tests boot the guest with.
 pub const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux quiet \
-    init_on_alloc=0 cryptomgr.notests initcall_blacklist=ptp_kvm_init";
+    init_on_alloc=0 cryptomgr.notests";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

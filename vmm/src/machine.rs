@@ -188,8 +188,8 @@ impl Machine {
         let mem = boot::create_guest_memory(config.mem.bytes()).map_err(MachineError::Boot)?;
         let vm = Vm::new(&kvm)?;
         vm.register_memory(&mem)?;
-        let cmdline =
-            boot::build_cmdline(&config.cmdline, &quirks.cmdline).map_err(MachineError::Boot)?;
+        let cmdline = boot::build_cmdline(&cpu::merge_cmdline(&config.cmdline, &quirks), &[])
+            .map_err(MachineError::Boot)?;
         config.cmdline = cmdline_text(&cmdline);
         log::info!("guest command line: {}", config.cmdline);
         let info = load(&config, &mem, &cmdline)?;
