@@ -36,6 +36,7 @@ nod /dev/console 0600 0 0 c 5 1
 dir /proc 0555 0 0
 dir /sys 0555 0 0
 dir /tmp 1777 0 0
+dir /mnt 0755 0 0
 dir /root 0700 0 0
 dir /etc 0755 0 0
 file /etc/fstab $stage/fstab 0644 0 0
