@@ -133,6 +133,10 @@ pub struct RestoreArgs {
     /// Leave the guest paused after the restore.
     #[arg(long)]
     pub paused: bool,
+    /// Skip the memory file's checksums (its header, id and size are still
+    /// checked): faster for large guests, for storage you trust.
+    #[arg(long)]
+    pub trust_memory: bool,
 }
 
 /// Options of the API client subcommands.

@@ -18,7 +18,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::api::{ApiCall, ApiRequest, ApiResponse, InstanceInfo, VmRunState};
 use crate::console::{Console, ConsoleInput};
 use crate::machine::Machine;
-use crate::persist::{self, MemBackend};
+use crate::persist::{self, RestoreOptions};
 use crate::vstate::exits::StopReason;
 
 const TOKEN_STOP: u32 = 1;
@@ -333,7 +333,7 @@ impl Controller {
                  --api-sock PATH` started without a kernel",
             );
         }
-        match self.load(state, mem, MemBackend::Map, resume) {
+        match self.load(state, mem, RestoreOptions::default(), resume) {
             Ok(()) => ApiResponse::no_content(),
             Err(e) => ApiResponse::error(e.status(), crate::api::error_chain(&e)),
         }
@@ -344,11 +344,11 @@ impl Controller {
         &mut self,
         state: &Path,
         mem: &Path,
-        backend: MemBackend,
+        opts: RestoreOptions,
         resume: bool,
     ) -> Result<(), persist::PersistError> {
         let sink = self.console_sink();
-        let machine = persist::restore(state, mem, backend, sink)?;
+        let machine = persist::restore(state, mem, opts, sink)?;
         self.machine = Some(machine);
         self.paused = true;
         if resume {

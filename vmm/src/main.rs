@@ -13,7 +13,7 @@ use vmm::console::Console;
 use vmm::controller::{ApiChannel, Controller, Outcome};
 use vmm::cpu::{self, CpuOverrides, QuirkMode};
 use vmm::machine::{open_kvm, Machine, MachineError};
-use vmm::persist::MemBackend;
+use vmm::persist::{MemBackend, RestoreOptions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Exit status for input Hiber refuses.
@@ -212,12 +212,15 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
     let (server, channel) = api.map_or((None, None), |(s, c)| (Some(s), Some(c)));
     let mut controller = Controller::new(instance_id(), None, true, console, channel)
         .map_err(|e| Failure::runtime(&e))?;
-    let backend = match args.mem_backend {
-        MemBackendArg::Map => MemBackend::Map,
-        MemBackendArg::Copy => MemBackend::Copy,
+    let opts = RestoreOptions {
+        backend: match args.mem_backend {
+            MemBackendArg::Map => MemBackend::Map,
+            MemBackendArg::Copy => MemBackend::Copy,
+        },
+        verify_memory: !args.trust_memory,
     };
     controller
-        .load(&args.snapshot, &args.mem, backend, !args.paused)
+        .load(&args.snapshot, &args.mem, opts, !args.paused)
         .map_err(|e| Failure {
             code: if e.status() < 500 {
                 EXIT_USAGE
