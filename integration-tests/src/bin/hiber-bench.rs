@@ -155,7 +155,7 @@ fn pause_latency(vmm: &Vmm) -> Duration {
 fn snapshot_figures(mem: &str, mem_bytes: u64) {
     let dir = scratch_dir(&format!("bench-{mem}"));
     let (vmm, boot) = boot_hiber(mem, &dir);
-    print_boot(&format!("{mem}"), &boot);
+    print_boot(mem, &boot);
     let r = vmm
         .run(&format!("hiber-workload {TOUCHED_MIB} &"), STEP)
         .expect("workload starts");
