@@ -56,6 +56,12 @@ pub fn guest_images() -> (PathBuf, PathBuf) {
     images
 }
 
+/// Whether this host's KVM runs guest kernel code through an emulator
+/// (the nested "PVM" kind), which the guest tests must allow for.
+pub fn host_emulates_guest_kernel() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// Fails the test unless this host has KVM.
 pub fn require_kvm() {
     assert!(

@@ -173,7 +173,30 @@ impl Vmm {
     }
 
     /// Runs `cmd` through the guest agent and waits for its status.
+    ///
+    /// On a host that emulates guest kernel code (nested PVM KVM), about one
+    /// in ten busybox processes the test guest execs dies at start with
+    /// SIGSEGV (see the README's host notes). There, and only there, a
+    /// command whose output shows that crash is run again, at most twice,
+    /// and the retry is logged. Elsewhere a crash fails the test.
     pub fn run(&self, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {
+        let retries = if crate::host_emulates_guest_kernel() {
+            2
+        } else {
+            0
+        };
+        let mut result = self.run_once(cmd, timeout)?;
+        for attempt in 1..=retries {
+            if !result.output.contains("Segmentation fault") {
+                break;
+            }
+            eprintln!("guest process crashed at start (host issue); retry {attempt}: {cmd}");
+            result = self.run_once(cmd, timeout)?;
+        }
+        Ok(result)
+    }
+
+    fn run_once(&self, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let begin = format!("hiber-agent: begin {id}\n");
         let done = format!("hiber-agent: done {id} ");
@@ -229,6 +252,36 @@ impl Vmm {
         });
         let (status, reply) = self.api("PUT", "/snapshot/create", Some(body));
         assert_eq!(status, 204, "snapshot: {reply:?}; log:\n{}", self.log());
+    }
+
+    /// Sends `cmd` (one that ends the guest, like `poweroff -f`) and waits
+    /// for the VMM to exit; on an emulating host a command that crashed at
+    /// start is sent again, as in [`Vmm::run`].
+    pub fn run_to_exit(&mut self, cmd: &str, timeout: Duration) -> Result<ExitStatus, String> {
+        let attempts = if crate::host_emulates_guest_kernel() {
+            3
+        } else {
+            1
+        };
+        for _ in 1..attempts {
+            let seen = self.console.text().matches("Segmentation fault").count();
+            let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+            self.send_line(&format!("run {id} {cmd}"));
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                    return Ok(status);
+                }
+                if self.console.text().matches("Segmentation fault").count() > seen {
+                    eprintln!("guest process crashed at start (host issue); again: {cmd}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        self.send_line(&format!("run {id} {cmd}"));
+        self.wait_exit(timeout)
     }
 
     /// Waits for the process to end by itself.

@@ -68,8 +68,9 @@ fn main() {
     show_ticks(&vmm, 2);
     let mut vmm = vmm;
     step("guest `poweroff -f` ends the VMM", || {
-        vmm.send_line("run 1000 poweroff -f");
-        let status = vmm.wait_exit(STEP_TIMEOUT).expect("hiber exits");
+        let status = vmm
+            .run_to_exit("poweroff -f", STEP_TIMEOUT)
+            .expect("hiber exits");
         println!("[demo] hiber exited with {status}");
     });
     let alloc = std::fs::metadata(&mem).map(|m| {

@@ -119,16 +119,14 @@ fn boot_reaches_readiness_and_runs_a_command() {
 #[test]
 fn guest_poweroff_ends_the_vmm_with_status_0() {
     let mut vmm = restored("poweroff");
-    vmm.send_line("run 999 poweroff -f");
-    let status = vmm.wait_exit(EXIT_TIMEOUT).unwrap();
+    let status = vmm.run_to_exit("poweroff -f", EXIT_TIMEOUT).unwrap();
     assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log());
 }
 
 #[test]
 fn guest_reboot_ends_the_vmm_with_status_0() {
     let mut vmm = restored("reboot");
-    vmm.send_line("run 998 reboot -f");
-    let status = vmm.wait_exit(EXIT_TIMEOUT).unwrap();
+    let status = vmm.run_to_exit("reboot -f", EXIT_TIMEOUT).unwrap();
     assert_eq!(status.code(), Some(0), "log:\n{}", vmm.log());
 }
 
