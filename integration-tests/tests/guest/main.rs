@@ -78,21 +78,25 @@ fn assert_guest_healthy(vmm: &Vmm) {
         !console.contains("checksum BAD"),
         "workload memory corrupted:\n{console}"
     );
-    let r = vmm
-        .run(
-            "echo trouble=$(dmesg | grep -c -i -E 'soft lockup|oops|BUG:|rcu.*stall')",
-            CMD_TIMEOUT,
-        )
-        .unwrap();
-    let count = r
+    // One guest process (dmesg); the matching is done here.
+    let r = vmm.run("dmesg", CMD_TIMEOUT).unwrap();
+    let trouble: Vec<&str> = r
         .output
         .lines()
-        .find_map(|l| l.strip_prefix("trouble="))
-        .map(str::trim);
-    assert_eq!(
-        count,
-        Some("0"),
-        "the guest kernel logged trouble: {}",
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["soft lockup", "oops", "bug:", "self-detected stall"]
+                .iter()
+                .any(|p| l.contains(p))
+        })
+        .collect();
+    assert!(
+        trouble.is_empty(),
+        "the guest kernel logged trouble: {trouble:#?}"
+    );
+    assert!(
+        !r.output.contains("Segmentation fault"),
+        "dmesg crashed in every attempt: {}",
         r.output
     );
 }
