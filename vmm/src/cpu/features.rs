@@ -208,6 +208,12 @@ cpu_features! {
     KvmStealTime => KVM_FEATURES_LEAF, 0, Eax, 5, None;
     /// KVM's kvmclock stable bit (KVM_FEATURE_CLOCKSOURCE_STABLE_BIT).
     KvmClockStable => KVM_FEATURES_LEAF, 0, Eax, 24, None;
+    /// Paravirtual spinlock kicks (KVM_FEATURE_PV_UNHALT): a hypercall.
+    KvmPvUnhalt => KVM_FEATURES_LEAF, 0, Eax, 7, None;
+    /// Paravirtual IPIs (KVM_FEATURE_PV_SEND_IPI): a hypercall.
+    KvmPvSendIpi => KVM_FEATURES_LEAF, 0, Eax, 11, None;
+    /// Paravirtual directed yield (KVM_FEATURE_PV_SCHED_YIELD): a hypercall.
+    KvmPvSchedYield => KVM_FEATURES_LEAF, 0, Eax, 13, None;
 }
 
 impl CpuFeature {
@@ -232,6 +238,9 @@ impl CpuFeature {
             CpuFeature::Osxsave => "osxsave",
             CpuFeature::KvmStealTime => "kvm-steal-time",
             CpuFeature::KvmClockStable => "kvm-clock-stable",
+            CpuFeature::KvmPvUnhalt => "kvm-pv-unhalt",
+            CpuFeature::KvmPvSendIpi => "kvm-pv-send-ipi",
+            CpuFeature::KvmPvSchedYield => "kvm-pv-sched-yield",
             other => other.clearcpuid_name().unwrap_or("unnamed"),
         }
     }

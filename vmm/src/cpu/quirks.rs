@@ -35,6 +35,16 @@ pub const KVM_CLOCK_SWITCH: &str = "clocksource=kvm-clock";
 /// `clear_page`.
 const SLOW_WHEN_EMULATED: &[CpuFeature] = &[CpuFeature::Erms, CpuFeature::Fsrm];
 
+/// KVM paravirtual features that work through hypercalls. On a host that
+/// emulates guest kernel code, a hypercall never completes (the guest sat
+/// on a `vmcall` for minutes), so a guest with more than one vCPU hung in
+/// its first PV IPI or spinlock kick; without them Linux uses the APIC.
+const HYPERCALLS_WHEN_EMULATED: &[CpuFeature] = &[
+    CpuFeature::KvmPvUnhalt,
+    CpuFeature::KvmPvSendIpi,
+    CpuFeature::KvmPvSchedYield,
+];
+
 /// Errors of deciding the host quirks.
 #[derive(Debug, thiserror::Error)]
 pub enum QuirkError {
@@ -225,6 +235,7 @@ pub fn decide(report: Option<&ProbeReport>, overrides: &CpuOverrides) -> HostQui
     }
     if report.is_some_and(kernel_code_is_emulated) {
         quirks.hide.extend(SLOW_WHEN_EMULATED);
+        quirks.hide.extend(HYPERCALLS_WHEN_EMULATED);
     }
     quirks.hide.retain(|f| !overrides.keep.contains(f));
     quirks.hide.extend(&overrides.hide);
@@ -399,6 +410,9 @@ mod tests {
             CpuFeature::Fsrm,
             CpuFeature::KvmStealTime,
             CpuFeature::KvmClockStable,
+            CpuFeature::KvmPvUnhalt,
+            CpuFeature::KvmPvSendIpi,
+            CpuFeature::KvmPvSchedYield,
         ];
         let mut expected = hidden.to_vec();
         expected.sort();
@@ -456,6 +470,9 @@ mod tests {
             CpuFeature::Erms,
             CpuFeature::Smap,
             CpuFeature::Fsrm,
+            CpuFeature::KvmPvUnhalt,
+            CpuFeature::KvmPvSendIpi,
+            CpuFeature::KvmPvSchedYield,
         ];
         assert_eq!(quirks.hide, expected);
         assert!(
@@ -537,7 +554,16 @@ mod tests {
     fn an_emulating_host_hides_the_byte_wise_string_features() {
         let leaked = [CpuFeature::Erms, CpuFeature::Fsrm];
         let quirks = decide(Some(&report(&["emms"], &leaked)), &CpuOverrides::default());
-        assert_eq!(quirks.hide, vec![CpuFeature::Erms, CpuFeature::Fsrm]);
+        assert_eq!(
+            quirks.hide,
+            vec![
+                CpuFeature::Erms,
+                CpuFeature::Fsrm,
+                CpuFeature::KvmPvUnhalt,
+                CpuFeature::KvmPvSendIpi,
+                CpuFeature::KvmPvSchedYield
+            ]
+        );
         assert_eq!(quirks.cmdline, vec!["clearcpuid=erms,fsrm"]);
 
         // Not an emulation failure (another suberror): no sign of an emulator.
@@ -550,9 +576,11 @@ mod tests {
         assert!(quirks.hide.is_empty(), "{quirks:?}");
 
         // The user can keep them.
+        let mut kept = leaked.to_vec();
+        kept.extend(HYPERCALLS_WHEN_EMULATED);
         let keep = CpuOverrides {
             hide: Vec::new(),
-            keep: leaked.to_vec(),
+            keep: kept,
         };
         let quirks = decide(Some(&report(&["emms"], &leaked)), &keep);
         assert!(
