@@ -351,3 +351,20 @@ fn inspect_shows_registers_devices_and_the_memory_map() {
     assert_eq!(v["vcpus"].as_array().unwrap().len(), 1);
     assert!(v["vcpus"][0]["regs"]["rip"].as_u64().unwrap() > 0);
 }
+
+/// The one test that boots a second guest: the MP table must bring up
+/// every vCPU.
+#[test]
+fn two_vcpus_boot_and_come_online() {
+    let dir = scratch_dir("smp");
+    let vmm = Vmm::boot(&dir, &["--vcpus", "2"]);
+    vmm.wait_for(
+        "hiber-agent: listening",
+        integration_tests::fixture::BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", vmm.log()));
+    let r = vmm
+        .run("cat /sys/devices/system/cpu/online", CMD_TIMEOUT)
+        .unwrap();
+    assert_eq!(r.output.trim(), "0-1", "{r:?}");
+}
