@@ -132,6 +132,15 @@ pub fn open_kvm() -> Result<Kvm, MachineError> {
     })
 }
 
+/// The CPUID this host's KVM can give a guest.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<kvm_bindings::CpuId, MachineError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| MachineError::Kvm {
+            hint: "KVM did not report its supported CPUID",
+            source,
+        })
+}
+
 /// A running (or paused) guest.
 pub struct Machine {
     /// What the machine was built from.
@@ -359,12 +368,7 @@ fn create_boot_vcpus(
     quirks: &HostQuirks,
     entry: vm_memory::GuestAddress,
 ) -> Result<Vec<Vcpu>, MachineError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| MachineError::Kvm {
-            hint: "KVM did not report its supported CPUID",
-            source,
-        })?;
+    let supported = supported_cpuid(kvm)?;
     let regs = boot::boot_regs(entry);
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {

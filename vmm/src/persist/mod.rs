@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use devices::LegacyDevicesState;
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use serde::{Deserialize, Serialize};
 use snapshot::{MemRegion, MemoryFile, MemoryFileInfo, SnapshotWriter, StateFile};
 use vm_memory::{
@@ -27,7 +26,7 @@ use vm_memory::{
 use crate::config::MachineConfig;
 use crate::cpu::{self, CpuidEntry, HostFingerprint, HostQuirks};
 use crate::legacy::LegacyDevices;
-use crate::machine::{open_kvm, Machine, MachineError, PanicWatch, Parts};
+use crate::machine::{open_kvm, supported_cpuid, Machine, MachineError, PanicWatch, Parts};
 use crate::vstate::vcpu::{Vcpu, VcpuState};
 use crate::vstate::vm::{Vm, VmState};
 
@@ -343,12 +342,7 @@ fn check_host(
     path: &Path,
     saved: &SavedMachine,
 ) -> Result<(), PersistError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| MachineError::Kvm {
-            hint: "KVM did not report its supported CPUID",
-            source,
-        })?;
+    let supported = supported_cpuid(kvm)?;
     let entries: Vec<CpuidEntry> = saved.vcpus[0].cpuid.iter().map(CpuidEntry::from).collect();
     cpu::check_cpuid_compatible(&entries, &supported).map_err(|source| PersistError::Cpuid {
         path: path.to_path_buf(),
