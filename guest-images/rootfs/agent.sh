@@ -9,6 +9,9 @@
 #
 # The command runs in a subshell of this shell (a fork, no exec), with its
 # input from /dev/null so it cannot eat the next requests.
+#
+# Request `exit-init` makes PID 1 exit, so the kernel panics: the tests use
+# it to check how a VMM reports a guest panic.
 
 agent_run() {
 	agent_id=${1%% *}
@@ -24,6 +27,10 @@ agent_main() {
 	while IFS= read -r agent_line; do
 		case "$agent_line" in
 		"run "?*) agent_run "${agent_line#run }" ;;
+		"exit-init")
+			echo "hiber-agent: PID 1 exits on request"
+			exit 1
+			;;
 		"") ;;
 		*) echo "hiber-agent: error unknown request (want: run <id> <command>)" ;;
 		esac

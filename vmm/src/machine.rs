@@ -120,16 +120,21 @@ impl Write for PanicWatch {
 
 /// Opens /dev/kvm with an error that says what to do.
 pub fn open_kvm() -> Result<Kvm, MachineError> {
-    Kvm::new().map_err(|source| {
-        let hint = match source.errno() {
-            libc::ENOENT => "this host has no KVM: load the kvm module or use a host with it",
-            libc::EACCES | libc::EPERM => {
-                "permission denied: add yourself to the `kvm` group or run as root"
-            }
-            _ => "KVM is not usable on this host",
-        };
-        MachineError::Kvm { hint, source }
+    Kvm::new().map_err(|source| MachineError::Kvm {
+        hint: kvm_open_hint(source.errno()),
+        source,
     })
+}
+
+/// What to do when /dev/kvm fails to open with `errno`.
+fn kvm_open_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOENT => "this host has no KVM: load the kvm module or use a host with it",
+        libc::EACCES | libc::EPERM => {
+            "permission denied: add yourself to the `kvm` group or run as root"
+        }
+        _ => "KVM is not usable on this host",
+    }
 }
 
 /// The CPUID this host's KVM can give a guest.
@@ -379,4 +384,27 @@ fn create_boot_vcpus(
         vcpus.push(vcpu);
     }
     Ok(vcpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_forbidden_dev_kvm_gets_a_hint() {
+        assert!(kvm_open_hint(libc::ENOENT).contains("no KVM"));
+        assert!(kvm_open_hint(libc::EACCES).contains("`kvm` group"));
+        assert!(kvm_open_hint(libc::EBUSY).contains("not usable"));
+    }
+
+    #[test]
+    fn the_panic_watch_sees_the_marker_across_writes() {
+        let seen = Arc::new(AtomicBool::new(false));
+        let mut w = PanicWatch::new(Box::new(std::io::sink()), seen.clone());
+        w.write_all(b"[ 1.0] Kernel pan").unwrap();
+        assert!(!seen.load(Ordering::SeqCst));
+        w.write_all(b"ic - not syncing: Attempted to kill init!")
+            .unwrap();
+        assert!(seen.load(Ordering::SeqCst));
+    }
 }

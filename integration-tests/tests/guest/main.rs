@@ -135,6 +135,21 @@ fn guest_reboot_ends_the_vmm_with_status_0() {
 }
 
 #[test]
+fn a_guest_kernel_panic_ends_the_vmm_with_a_failure_and_says_so() {
+    let mut vmm = restored("panic");
+    // PID 1 exits: the kernel panics, and panic=-1 resets at once.
+    vmm.send_line("exit-init");
+    let status = vmm.wait_exit(EXIT_TIMEOUT).unwrap();
+    assert_eq!(status.code(), Some(1), "log:\n{}", vmm.log());
+    assert!(
+        vmm.log().contains("the guest kernel panicked"),
+        "{}",
+        vmm.log()
+    );
+    assert!(vmm.console_text().contains("Kernel panic - not syncing"));
+}
+
+#[test]
 fn workload_continues_after_a_restore_in_a_new_process() {
     let vmm = restored("continue");
     start_workload(&vmm);
