@@ -19,6 +19,9 @@ const STEP: Duration = Duration::from_secs(300);
 /// How much RAM the workload fills in every guest size.
 const TOUCHED_MIB: u64 = 64;
 const PAUSES: u32 = 20;
+/// Boots of each VMM in the comparison; they alternate, so that a change in
+/// the machine's load falls on both.
+const BOOT_ROUNDS: usize = 3;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
@@ -141,6 +144,27 @@ fn print_boot(name: &str, f: &BootFigures) {
     );
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn print_ratio(hiber: &[BootFigures], qemu: &[BootFigures]) {
+    if qemu.is_empty() {
+        return;
+    }
+    let ready = |runs: &[BootFigures]| median(runs.iter().map(|f| f.ready.as_secs_f64()).collect());
+    let rss = |runs: &[BootFigures]| median(runs.iter().map(|f| f.vmm_kb as f64).collect());
+    println!(
+        "  medians: hiber {:.2} s, qemu {:.2} s to ready; qemu/hiber: time {:.2}x, \
+         VMM RSS {:.2}x",
+        ready(hiber),
+        ready(qemu),
+        ready(qemu) / ready(hiber),
+        rss(qemu) / rss(hiber).max(1.0)
+    );
+}
+
 fn pause_latency(vmm: &Vmm) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..PAUSES {
@@ -204,22 +228,27 @@ fn snapshot_figures(mem: &str, mem_bytes: u64) {
 
 fn main() {
     println!("hiber benchmark on: {}", measure::machine_description());
-    println!("boot (128 MiB, 1 vCPU, same kernel, initramfs and command line):");
-    let dir = scratch_dir("bench-boot");
-    let (vmm, hiber) = boot_hiber("128M", &dir);
-    vmm.kill();
-    print_boot("hiber", &hiber);
-    match boot_qemu() {
-        Some(q) => {
-            print_boot("qemu", &q);
-            println!(
-                "  ratio qemu/hiber: time to ready {:.2}x, VMM RSS {:.2}x",
-                q.ready.as_secs_f64() / hiber.ready.as_secs_f64(),
-                q.vmm_kb as f64 / hiber.vmm_kb.max(1) as f64
-            );
+    println!(
+        "boot (128 MiB, 1 vCPU, same kernel, initramfs and command line; \
+         {BOOT_ROUNDS} rounds, the two VMMs alternating):"
+    );
+    let mut hiber_runs = Vec::new();
+    let mut qemu_runs = Vec::new();
+    for round in 0..BOOT_ROUNDS {
+        let dir = scratch_dir(&format!("bench-boot-{round}"));
+        let (vmm, hiber) = boot_hiber("128M", &dir);
+        vmm.kill();
+        print_boot("hiber", &hiber);
+        hiber_runs.push(hiber);
+        match boot_qemu() {
+            Some(q) => {
+                print_boot("qemu", &q);
+                qemu_runs.push(q);
+            }
+            None => println!("  qemu: not run (qemu-system-x86_64 missing or failed)"),
         }
-        None => println!("  qemu: not run (qemu-system-x86_64 missing or failed)"),
     }
+    print_ratio(&hiber_runs, &qemu_runs);
     println!("snapshot and restore (each guest booted, then {TOUCHED_MIB} MiB filled):");
     for (mem, bytes) in [("128M", 128u64 << 20), ("1G", 1 << 30), ("4G", 4 << 30)] {
         snapshot_figures(mem, bytes);
