@@ -6,7 +6,7 @@ HIBER := target/release/hiber
 IMAGES := guest-images/out/vmlinux guest-images/out/initramfs.cpio
 export HIBER_BIN := $(CURDIR)/$(HIBER)
 
-.PHONY: setup guest-images build test unit-test integration-test demo bench lint clean
+.PHONY: setup guest-images build test demo bench lint clean
 
 # Debian packages for the guest images, QEMU for the benchmark comparison.
 setup:
@@ -24,7 +24,7 @@ test: guest-images build lint
 	$(CARGO) test --release --workspace
 
 demo: guest-images build
-	./scripts/demo.sh
+	$(CARGO) run --release -p integration-tests --bin hiber-demo
 
 bench: guest-images build
 	$(CARGO) run --release -p integration-tests --bin hiber-bench
