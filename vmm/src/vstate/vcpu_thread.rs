@@ -178,23 +178,33 @@ impl VcpuHandle {
 
     /// Ends the thread and waits for it.
     pub fn exit(mut self) {
+        self.stop_thread();
+    }
+
+    /// Sends `Exit` and kicks until the thread has ended: a vCPU that exits
+    /// to the VMM all the time (a guest spinning on a port) can miss any
+    /// single kick, which only lands while it is inside KVM_RUN.
+    fn stop_thread(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         let _ = self.tx.send(VcpuCommand::Exit);
-        self.kick();
-        if let Some(thread) = self.thread.take() {
+        let start = Instant::now();
+        while !thread.is_finished() && start.elapsed() < ANSWER_TIMEOUT {
+            let _ = thread.kill(kick_signal());
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        if thread.is_finished() {
             let _ = thread.join();
+        } else {
+            log::error!("vCPU {} did not stop within {ANSWER_TIMEOUT:?}", self.id);
         }
     }
 }
 
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            let _ = self.tx.send(VcpuCommand::Exit);
-            self.kick();
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
+        self.stop_thread();
     }
 }
 
