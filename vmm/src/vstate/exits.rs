@@ -7,14 +7,14 @@ use devices::bus::PioBus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::cpu::{describe_internal_error, InternalErrorInfo};
+
 /// `int3`, which the instruction emulator of some nested hosts cannot run.
 const OPCODE_INT3: u8 = 0xcc;
 /// `fwait`, likewise.
 const OPCODE_FWAIT: u8 = 0x9b;
 /// The #BP exception vector.
 const BP_VECTOR: u8 = 3;
-/// KVM_INTERNAL_ERROR_EMULATION.
-const SUBERROR_EMULATION: u32 = 1;
 
 /// What the VMM does, on this host, when the emulator fails on an
 /// instruction that it can complete itself.
@@ -171,10 +171,9 @@ pub struct FailedInstruction {
     pub rip: u64,
     /// The privilege level it ran at.
     pub cpl: u8,
-    /// Its first bytes, as far as they could be read.
-    pub bytes: Vec<u8>,
-    /// KVM's suberror.
-    pub suberror: u32,
+    /// KVM's suberror and the instruction's first bytes, as far as they
+    /// could be had.
+    pub info: InternalErrorInfo,
 }
 
 fn internal_error(vcpu: &mut VcpuFd, id: u8, ctx: &ExitContext) -> Next {
@@ -182,7 +181,7 @@ fn internal_error(vcpu: &mut VcpuFd, id: u8, ctx: &ExitContext) -> Next {
         Ok(f) => f,
         Err(e) => return Next::Stop(StopReason::Error(e)),
     };
-    if failed.suberror == SUBERROR_EMULATION && failed.cpl == 0 {
+    if failed.info.is_emulation_failure() && failed.cpl == 0 {
         if let Some(next) = try_workaround(vcpu, &failed, ctx.workarounds) {
             return next;
         }
@@ -191,22 +190,21 @@ fn internal_error(vcpu: &mut VcpuFd, id: u8, ctx: &ExitContext) -> Next {
 }
 
 fn examine_failure(vcpu: &mut VcpuFd, ctx: &ExitContext) -> Result<FailedInstruction, String> {
-    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the `internal`
-    // member of the exit union is the one KVM filled in.
-    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+    let mut info = describe_internal_error(vcpu.get_kvm_run());
     let regs = vcpu
         .get_regs()
         .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
     let sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
-    let cpl = (sregs.cs.selector & 3) as u8;
-    let bytes = read_instruction(vcpu, &ctx.mem, regs.rip);
+    if info.insn_bytes.is_empty() {
+        // Older KVMs do not report the bytes: read them from guest memory.
+        info.insn_bytes = read_instruction(vcpu, &ctx.mem, regs.rip);
+    }
     Ok(FailedInstruction {
         rip: regs.rip,
-        cpl,
-        bytes,
-        suberror,
+        cpl: (sregs.cs.selector & 3) as u8,
+        info,
     })
 }
 
@@ -231,7 +229,7 @@ fn try_workaround(
     failed: &FailedInstruction,
     workarounds: EmulationWorkarounds,
 ) -> Option<Next> {
-    match failed.bytes.first().copied()? {
+    match failed.info.insn_bytes.first().copied()? {
         OPCODE_INT3 if workarounds.inject_int3 => Some(inject_breakpoint(vcpu, failed.rip)),
         OPCODE_FWAIT if workarounds.skip_fwait => Some(skip_instruction(vcpu, failed.rip, 1)),
         _ => None,
@@ -271,41 +269,33 @@ fn skip_instruction(vcpu: &mut VcpuFd, rip: u64, len: u64) -> Next {
     }
 }
 
+/// The hint for an instruction the probe's table does not know.
+const GENERIC_HINT: &str = "This host may run guest kernel code in an emulator (nested KVM \
+    without hardware virtualization); find the CPU feature that uses this instruction and \
+    hide it with --cpu-hide or a clearcpuid= switch in --cmdline.";
+
 /// The message shown when the guest hits an instruction the host cannot run.
 pub fn describe_failure(id: u8, f: &FailedInstruction) -> String {
-    let bytes: Vec<String> = f.bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let what = if f.suberror == SUBERROR_EMULATION {
+    let bytes: Vec<String> = f
+        .info
+        .insn_bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let what = if f.info.is_emulation_failure() {
         "KVM's instruction emulator could not run the guest's instruction"
     } else {
         "KVM reported an internal error"
     };
+    // The probe's instruction table names the instruction and its remedy.
+    let hint = f.info.hint().unwrap_or_else(|| GENERIC_HINT.to_string());
     format!(
-        "{what} on vCPU {id} (suberror {}): RIP {:#x}, CPL {}, bytes [{}]. {}",
-        f.suberror,
+        "{what} on vCPU {id} (suberror {}): RIP {:#x}, CPL {}, bytes [{}]. {hint}",
+        f.info.suberror,
         f.rip,
         f.cpl,
         bytes.join(" "),
-        hint(&f.bytes)
     )
-}
-
-fn hint(bytes: &[u8]) -> &'static str {
-    let starts = |p: &[u8]| bytes.starts_with(p);
-    if starts(&[0xf0, 0x48, 0x0f, 0xc7]) || starts(&[0x48, 0x0f, 0xc7]) {
-        "This is cmpxchg16b: hide CX16 from the guest (--cpu-hide cx16)."
-    } else if starts(&[0x48, 0x0f, 0xae]) || starts(&[0x0f, 0xae]) || starts(&[0x0f, 0x01, 0xd0]) {
-        "This is an XSAVE-family instruction: add `noxsave` to --cmdline."
-    } else if starts(&[0xf3, 0x48, 0x0f, 0xb8]) || starts(&[0xf3, 0x0f, 0xb8]) {
-        "This is popcnt: add `clearcpuid=popcnt` to --cmdline."
-    } else if starts(&[0x0f, 0x01, 0xca]) || starts(&[0x0f, 0x01, 0xcb]) {
-        "This is clac/stac (SMAP): add `clearcpuid=smap` to --cmdline."
-    } else if starts(&[OPCODE_INT3]) || starts(&[OPCODE_FWAIT]) {
-        "Run with --cpu-quirks auto so that Hiber completes this instruction itself."
-    } else {
-        "This host runs guest kernel code in an emulator (nested KVM without hardware \
-         virtualization); find the CPU feature that uses this instruction and hide it \
-         with --cpu-hide or a clearcpuid= switch in --cmdline."
-    }
 }
 
 #[cfg(test)]
@@ -317,14 +307,17 @@ mod tests {
         let f = FailedInstruction {
             rip: 0xffff_ffff_8100_0000,
             cpl: 0,
-            bytes: vec![0xf3, 0x48, 0x0f, 0xb8, 0xc0],
-            suberror: 1,
+            info: InternalErrorInfo {
+                suberror: 1,
+                insn_bytes: vec![0xf3, 0x48, 0x0f, 0xb8, 0xc0],
+                data: Vec::new(),
+            },
         };
         let text = describe_failure(0, &f);
         assert!(text.contains("RIP 0xffffffff81000000"), "{text}");
         assert!(text.contains("CPL 0"), "{text}");
         assert!(text.contains("[f3 48 0f b8 c0]"), "{text}");
-        assert!(text.contains("clearcpuid=popcnt"), "{text}");
+        assert!(text.contains("--cpu-hide popcnt"), "{text}");
     }
 
     #[test]
