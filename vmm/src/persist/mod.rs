@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -368,9 +367,9 @@ fn restore_memory(file: &MemoryFile, backend: MemBackend) -> Result<GuestMemoryM
     let mut regions = Vec::with_capacity(file.regions().len());
     for (index, info) in file.regions().iter().enumerate() {
         let region = match backend {
-            MemBackend::Map => map_region(file.file(), info).map_err(map_err)?,
+            MemBackend::Map => region_mapping(Some(file.file()), info).map_err(map_err)?,
             MemBackend::Copy => {
-                let region = anonymous_region(info).map_err(map_err)?;
+                let region = region_mapping(None, info).map_err(map_err)?;
                 // SAFETY: the region was just mapped, writable, for `size`
                 // bytes, and nothing else uses it yet.
                 let dest =
@@ -387,23 +386,23 @@ fn restore_memory(file: &MemoryFile, backend: MemBackend) -> Result<GuestMemoryM
     })
 }
 
-fn map_region(file: &File, info: &snapshot::RegionInfo) -> std::io::Result<GuestRegionMmap> {
-    let fd = file.try_clone()?;
-    debug_assert!(fd.as_raw_fd() >= 0);
-    let region = MmapRegionBuilder::new(info.size as usize)
-        .with_file_offset(FileOffset::new(fd, info.file_offset))
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-        .build()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    GuestRegionMmap::new(region, GuestAddress(info.guest_addr))
-        .ok_or_else(|| std::io::Error::other("region overflows the guest address space"))
-}
-
-fn anonymous_region(info: &snapshot::RegionInfo) -> std::io::Result<GuestRegionMmap> {
-    let region = MmapRegionBuilder::new(info.size as usize)
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+/// A private, writable mapping of one region: of the memory file at the
+/// region's offset (copy-on-write), or anonymous (zero) without a file.
+fn region_mapping(
+    file: Option<&File>,
+    info: &snapshot::RegionInfo,
+) -> std::io::Result<GuestRegionMmap> {
+    let mut builder = MmapRegionBuilder::new(info.size as usize)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+    builder = match file {
+        Some(file) => builder
+            .with_file_offset(FileOffset::new(file.try_clone()?, info.file_offset))
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE),
+        None => {
+            builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        }
+    };
+    let region = builder
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     GuestRegionMmap::new(region, GuestAddress(info.guest_addr))
