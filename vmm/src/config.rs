@@ -111,6 +111,95 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// Where the serial console goes.
     pub console: ConsoleConfig,
+    /// The block devices, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// The network interfaces, in the order the guest sees them (eth0, ...).
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// The vsock device, if any.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Whether the guest gets a virtio-rng entropy device.
+    #[serde(default = "entropy_default")]
+    pub entropy: bool,
+}
+
+fn entropy_default() -> bool {
+    true
+}
+
+/// A virtio-blk device backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveConfig {
+    /// A name unique among the drives (Firecracker's `drive_id`).
+    pub id: String,
+    /// The raw image file.
+    pub path: PathBuf,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+}
+
+/// A virtio-net device backed by a TAP interface of the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// A name unique among the interfaces (Firecracker's `iface_id`).
+    pub id: String,
+    /// The host TAP interface (Firecracker's `host_dev_name`).
+    pub tap: String,
+    /// The guest's MAC address; without one the guest driver picks one.
+    pub mac: Option<MacAddr>,
+}
+
+/// The virtio-vsock device, mapped to Unix sockets on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u32,
+    /// The Unix socket host programs connect to (`CONNECT <port>`);
+    /// guest-initiated connections go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
+}
+
+/// An Ethernet MAC address, written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("MAC address `{s}` is not six hex bytes like 02:00:00:00:00:01");
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut bytes {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if bytes[0] & 1 != 0 {
+            return Err(format!(
+                "MAC address `{s}` is a multicast address: the first byte must be even"
+            ));
+        }
+        Ok(MacAddr(bytes))
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +224,15 @@ mod tests {
         }
         assert!("file:".parse::<ConsoleConfig>().is_err());
         assert!("tcp:1".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn mac_addresses_parse_and_print_back() {
+        let mac: MacAddr = "02:00:0a:0B:00:ff".parse().unwrap();
+        assert_eq!(mac.to_string(), "02:00:0a:0b:00:ff");
+        assert!("02:00:00:00:00".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:00:00:00".parse::<MacAddr>().is_err());
+        assert!("02:00:00:00:00:0g".parse::<MacAddr>().is_err());
+        assert!("01:00:00:00:00:01".parse::<MacAddr>().is_err());
     }
 }

@@ -191,6 +191,10 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
                 initrd: args.initrd.clone(),
                 cmdline: args.cmdline.clone(),
                 console: args.console.clone(),
+                drives: Vec::new(),
+                nets: Vec::new(),
+                vsock: None,
+                entropy: true,
             };
             let m = Machine::boot(config, kvm, quirks, console.sink(), args.paused)
                 .map_err(classify)?;

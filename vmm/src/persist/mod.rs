@@ -508,6 +508,10 @@ mod tests {
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
                 console: ConsoleConfig::Stdio,
+                drives: Vec::new(),
+                nets: Vec::new(),
+                vsock: None,
+                entropy: true,
             },
             memory: MemoryFileInfo {
                 snapshot_id: [7; 16],
