@@ -222,6 +222,7 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
             MemBackendArg::Copy => MemBackend::Copy,
         },
         verify_memory: !args.trust_memory,
+        ..RestoreOptions::default()
     };
     controller
         .load(&args.snapshot, &args.mem, opts, !args.paused)

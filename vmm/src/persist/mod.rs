@@ -57,7 +57,7 @@ pub enum MemBackend {
 }
 
 /// How a restore is done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreOptions {
     /// How guest RAM comes back.
     pub backend: MemBackend,
@@ -65,6 +65,22 @@ pub struct RestoreOptions {
     /// a read of the memory file's data; turned off only for files whose
     /// storage is trusted.
     pub verify_memory: bool,
+    /// New host backends for network interfaces (for clones).
+    pub net_overrides: Vec<NetOverride>,
+    /// A new host socket path for the vsock device.
+    pub vsock_uds_override: Option<std::path::PathBuf>,
+}
+
+/// A network interface of the snapshot given a new host side on restore
+/// (Firecracker's `network_overrides`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetOverride {
+    /// The interface, by the id it was configured with.
+    pub iface_id: String,
+    /// The host TAP interface to use instead.
+    pub host_dev_name: String,
+    /// A new MAC address for the device's configuration space, if given.
+    pub guest_mac: Option<crate::config::MacAddr>,
 }
 
 impl Default for RestoreOptions {
@@ -72,6 +88,8 @@ impl Default for RestoreOptions {
         RestoreOptions {
             backend: MemBackend::Map,
             verify_memory: true,
+            net_overrides: Vec::new(),
+            vsock_uds_override: None,
         }
     }
 }
