@@ -1,5 +1,5 @@
-//! Legacy devices of the Hiber guest: serial port, i8042 and CMOS RTC, and the port-I/O
-//! bus they sit on.
+//! The devices of the Hiber guest: the legacy ones (serial port, i8042 and CMOS RTC)
+//! on the port-I/O bus, and the virtio devices on the MMIO bus.
 //!
 //! Each device module holds the device, its plain-data state type and its save and
 //! restore, so what a device persists has one place to look. [`LegacyDevicesState`]
@@ -9,9 +9,11 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod mmio_bus;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{BusError, PioBus, PioDevice, SharedPioDevice};
 pub use i8042::{I8042Error, I8042State, I8042};
