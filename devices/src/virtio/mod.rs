@@ -18,12 +18,15 @@
 //! memory access goes through `vm-memory`, so a descriptor that points
 //! outside guest RAM is an error returned to the device, never a host fault.
 
+pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue_state;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod vsock;
 pub mod worker;
 
 use std::os::fd::RawFd;
