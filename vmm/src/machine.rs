@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 
+use devices::mmio_bus::MmioBus;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
 use vm_memory::GuestMemoryMmap;
@@ -17,6 +18,7 @@ use crate::boot;
 use crate::config::MachineConfig;
 use crate::cpu::{self, HostQuirks};
 use crate::legacy::{LegacyDevices, LegacyError};
+use crate::virtio::{VirtioDevices, VirtioError};
 use crate::vstate::exits::{EmulationWorkarounds, ExitContext, StopReason};
 use crate::vstate::msrs;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuState};
@@ -78,6 +80,9 @@ pub enum MachineError {
     /// An eventfd could not be made.
     #[error("could not create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// The virtio devices failed.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
 }
 
 /// Watches console output for the kernel's panic message.
@@ -160,6 +165,8 @@ pub struct Machine {
     pub vcpus: Vec<VcpuHandle>,
     /// The legacy devices.
     pub devices: LegacyDevices,
+    /// The virtio devices.
+    pub virtio: VirtioDevices,
     /// Which vCPU stopped and why.
     pub stop_rx: Receiver<(u8, StopReason)>,
     /// Signalled with every message on `stop_rx`.
@@ -184,6 +191,8 @@ pub struct Parts {
     pub vcpus: Vec<Vcpu>,
     /// The legacy devices.
     pub devices: LegacyDevices,
+    /// The virtio devices.
+    pub virtio: VirtioDevices,
     /// Raised by the console sink on a panic.
     pub panic_seen: Arc<AtomicBool>,
     /// The host decision.
@@ -202,8 +211,10 @@ impl Machine {
         let mem = boot::create_guest_memory(config.mem.bytes()).map_err(MachineError::Boot)?;
         let vm = Vm::new(&kvm)?;
         vm.register_memory(&mem)?;
-        let cmdline = boot::build_cmdline(&cpu::merge_cmdline(&config.cmdline, &quirks), &[])
-            .map_err(MachineError::Boot)?;
+        let virtio = VirtioDevices::new(&vm, &mem, &config)?;
+        let merged = cpu::merge_cmdline(&config.cmdline, &quirks);
+        let cmdline =
+            boot::build_cmdline(&merged, &virtio.cmdline_args()).map_err(MachineError::Boot)?;
         config.cmdline = cmdline_text(&cmdline);
         log::info!("guest command line: {}", config.cmdline);
         let info = load(&config, &mem, &cmdline)?;
@@ -218,6 +229,7 @@ impl Machine {
             mem,
             vcpus,
             devices,
+            virtio,
             panic_seen,
             quirks,
         };
@@ -236,8 +248,14 @@ impl Machine {
             inject_int3: parts.quirks.inject_int3_bp,
             skip_fwait: parts.quirks.skip_fwait,
         };
+        if start_paused {
+            parts.virtio.pause()?;
+        }
+        let mut mmio = MmioBus::new();
+        parts.virtio.add_to_bus(&mut mmio)?;
         let ctx = Arc::new(ExitContext::new(
             Arc::new(parts.devices.bus()?),
+            Arc::new(mmio),
             parts.mem.clone(),
             workarounds,
         ));
@@ -258,6 +276,7 @@ impl Machine {
             mem: parts.mem,
             vcpus,
             devices: parts.devices,
+            virtio: parts.virtio,
             stop_rx,
             stop_evt,
             panic_seen: parts.panic_seen,
@@ -285,14 +304,17 @@ impl Machine {
         Ok(replies)
     }
 
-    /// Takes every vCPU out of the guest.
+    /// Takes every vCPU out of the guest, then holds the device thread
+    /// still, so nothing changes guest memory or device state.
     pub fn pause(&self) -> Result<(), MachineError> {
-        self.broadcast(|| VcpuCommand::Pause, |r| matches!(r, VcpuReply::Paused))
-            .map(|_| ())
+        self.broadcast(|| VcpuCommand::Pause, |r| matches!(r, VcpuReply::Paused))?;
+        self.virtio.pause()?;
+        Ok(())
     }
 
-    /// Lets every vCPU run the guest again.
+    /// Lets the devices and then every vCPU run again.
     pub fn resume(&self) -> Result<(), MachineError> {
+        self.virtio.resume()?;
         self.broadcast(|| VcpuCommand::Resume, |r| matches!(r, VcpuReply::Resumed))
             .map(|_| ())
     }
@@ -327,6 +349,7 @@ impl Machine {
         for vcpu in self.vcpus.drain(..) {
             vcpu.exit();
         }
+        self.virtio.stop();
     }
 }
 

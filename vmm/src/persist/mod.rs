@@ -26,6 +26,7 @@ use crate::config::MachineConfig;
 use crate::cpu::{self, CpuidEntry, HostFingerprint, HostQuirks};
 use crate::legacy::LegacyDevices;
 use crate::machine::{open_kvm, supported_cpuid, Machine, MachineError, PanicWatch, Parts};
+use crate::virtio::{self, VirtioDeviceState, VirtioDevices};
 use crate::vstate::vcpu::{Vcpu, VcpuState};
 use crate::vstate::vm::{Vm, VmState};
 
@@ -45,6 +46,8 @@ pub mod sections {
     pub const VCPU: &str = "vcpu";
     /// The legacy devices.
     pub const DEVICES: &str = "devices";
+    /// The virtio devices, with their transports and queues.
+    pub const VIRTIO: &str = "virtio";
 }
 
 /// How a restore brings guest RAM back.
@@ -184,6 +187,10 @@ pub fn create_snapshot(
         m.vm.save_state()
             .map_err(|e| PersistError::Save(MachineError::Vm(e)))?;
     let devices = m.devices.save();
+    m.virtio
+        .quiesce()
+        .map_err(|e| PersistError::Save(e.into()))?;
+    let virtio = m.virtio.save();
     let id = snapshot::random_snapshot_id().map_err(PersistError::Id)?;
     let saved = start.elapsed();
 
@@ -196,7 +203,16 @@ pub fn create_snapshot(
         host: HostFingerprint::collect(&m.kvm),
         quirks: m.quirks.clone(),
     };
-    let writer = state_writer(&meta, &m.config, &mem_info, &vm, &vcpus, &devices)?;
+    let parts = StateParts {
+        meta: &meta,
+        config: &m.config,
+        memory: &mem_info,
+        vm: &vm,
+        vcpus: &vcpus,
+        devices: &devices,
+        virtio: &virtio,
+    };
+    let writer = state_writer(&parts)?;
     let staged_state = writer.stage(state_path)?;
     snapshot::commit_pair(staged_mem, staged_state)?;
 
@@ -212,23 +228,28 @@ pub fn create_snapshot(
     Ok(())
 }
 
-fn state_writer(
-    meta: &SnapshotMeta,
-    config: &MachineConfig,
-    mem_info: &MemoryFileInfo,
-    vm: &VmState,
-    vcpus: &[VcpuState],
-    devices: &LegacyDevicesState,
-) -> Result<SnapshotWriter, PersistError> {
+/// Every section of a state file, borrowed.
+struct StateParts<'a> {
+    meta: &'a SnapshotMeta,
+    config: &'a MachineConfig,
+    memory: &'a MemoryFileInfo,
+    vm: &'a VmState,
+    vcpus: &'a [VcpuState],
+    devices: &'a LegacyDevicesState,
+    virtio: &'a [VirtioDeviceState],
+}
+
+fn state_writer(p: &StateParts) -> Result<SnapshotWriter, PersistError> {
     let mut w = SnapshotWriter::new();
-    w.add_section(sections::META, meta)?;
-    w.add_section(sections::CONFIG, config)?;
-    w.add_section(sections::MEMORY, mem_info)?;
-    w.add_section(sections::VM, vm)?;
-    for vcpu in vcpus {
+    w.add_section(sections::META, p.meta)?;
+    w.add_section(sections::CONFIG, p.config)?;
+    w.add_section(sections::MEMORY, p.memory)?;
+    w.add_section(sections::VM, p.vm)?;
+    for vcpu in p.vcpus {
         w.add_section(sections::VCPU, vcpu)?;
     }
-    w.add_section(sections::DEVICES, devices)?;
+    w.add_section(sections::DEVICES, p.devices)?;
+    w.add_section(sections::VIRTIO, &p.virtio)?;
     Ok(w)
 }
 
@@ -270,6 +291,8 @@ pub struct SavedMachine {
     pub vcpus: Vec<VcpuState>,
     /// The `devices` section.
     pub devices: LegacyDevicesState,
+    /// The `virtio` section.
+    pub virtio: Vec<VirtioDeviceState>,
 }
 
 impl SavedMachine {
@@ -283,6 +306,7 @@ impl SavedMachine {
             vm: file.section(sections::VM)?,
             vcpus: file.sections_named(sections::VCPU)?,
             devices: file.section(sections::DEVICES)?,
+            virtio: file.section(sections::VIRTIO)?,
         };
         // `sections_named` refuses a file without any "vcpu" section.
         Ok(saved)
@@ -291,14 +315,15 @@ impl SavedMachine {
     /// Writes this state as a state file at `path`, for tools and tests
     /// that edit a snapshot (the memory file is left as it is).
     pub fn write(&self, path: &Path) -> Result<(), PersistError> {
-        let w = state_writer(
-            &self.meta,
-            &self.config,
-            &self.memory,
-            &self.vm,
-            &self.vcpus,
-            &self.devices,
-        )?;
+        let w = state_writer(&StateParts {
+            meta: &self.meta,
+            config: &self.config,
+            memory: &self.memory,
+            vm: &self.vm,
+            vcpus: &self.vcpus,
+            devices: &self.devices,
+            virtio: &self.virtio,
+        })?;
         w.write_atomic(path)?;
         Ok(())
     }
@@ -330,16 +355,23 @@ pub fn restore(
     let panic_seen = Arc::new(AtomicBool::new(false));
     let out = Box::new(PanicWatch::new(out, panic_seen.clone()));
     let devices = LegacyDevices::restore(&vm, out, &saved.devices).map_err(MachineError::Legacy)?;
+    let mut config = saved.config;
+    virtio::check_overrides(&config, &opts).map_err(MachineError::Virtio)?;
+    let virtio =
+        VirtioDevices::restore(&vm, &mem, &saved.virtio, &opts).map_err(MachineError::Virtio)?;
+    virtio.replay_pending_interrupts();
+    virtio::apply_overrides(&mut config, &opts);
     let vcpus = restore_vcpus(&vm, &saved.vcpus)?;
     vm.restore_clock(&saved.vm).map_err(MachineError::Vm)?;
 
     let parts = Parts {
-        config: saved.config,
+        config,
         kvm,
         vm,
         mem,
         vcpus,
         devices,
+        virtio,
         panic_seen,
         quirks: saved.meta.quirks,
     };
@@ -544,6 +576,7 @@ mod tests {
             vm,
             vcpus: vec![vcpu.clone(), VcpuState { id: 2, ..vcpu }],
             devices,
+            virtio: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::PioBus;
+use devices::mmio_bus::MmioBus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -53,6 +54,8 @@ pub enum Next {
 pub struct ExitContext {
     /// The port I/O devices.
     pub pio: Arc<PioBus>,
+    /// The memory-mapped devices.
+    pub mmio: Arc<MmioBus>,
     /// Guest memory, to show the instruction a failure happened at.
     pub mem: GuestMemoryMmap,
     /// What to do about known emulator gaps.
@@ -63,9 +66,15 @@ pub struct ExitContext {
 
 impl ExitContext {
     /// A context over these devices and memory.
-    pub fn new(pio: Arc<PioBus>, mem: GuestMemoryMmap, workarounds: EmulationWorkarounds) -> Self {
+    pub fn new(
+        pio: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
+        mem: GuestMemoryMmap,
+        workarounds: EmulationWorkarounds,
+    ) -> Self {
         ExitContext {
             pio,
+            mmio,
             mem,
             workarounds,
             unknown_ports: Mutex::new(HashSet::new()),
@@ -127,12 +136,16 @@ fn handle_exit(exit: VcpuExit<'_>, id: u8, ctx: &ExitContext) -> Handled {
             Next::Continue
         }
         VcpuExit::MmioRead(addr, data) => {
-            data.fill(0xff);
-            ctx.note_unknown_mmio(addr);
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+                ctx.note_unknown_mmio(addr);
+            }
             Next::Continue
         }
-        VcpuExit::MmioWrite(addr, _) => {
-            ctx.note_unknown_mmio(addr);
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                ctx.note_unknown_mmio(addr);
+            }
             Next::Continue
         }
         VcpuExit::Hlt => Next::Stop(StopReason::PowerOff),
