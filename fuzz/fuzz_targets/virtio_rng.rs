@@ -1,0 +1,10 @@
+//! Feeds the virtio-rng device queues laid out from fuzz input: descriptor
+//! chains that loop, point outside guest memory, are too long or have the
+//! wrong direction. The device must neither panic nor hang.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    devices::virtio::rng::fuzz_queue(data);
+});
