@@ -60,3 +60,88 @@ pub fn used_count(mock: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
 pub fn all_ready(active: &ActiveQueues) -> bool {
     active.queues.iter().all(|q| q.ready())
 }
+
+/// Lays out a queue of `mock` from fuzz bytes: every descriptor of the
+/// table gets an address, length, flags and next index from `data`, then
+/// the available ring gets heads and an index from it. Addresses are
+/// mostly inside guest memory and sometimes anywhere; nothing is checked,
+/// since the point is to feed the device what a hostile driver could.
+pub fn fuzz_layout(
+    mem: &GuestMemoryMmap,
+    mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+    size: u16,
+    data: &[u8],
+) {
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use vm_memory::{Address, Bytes};
+
+    let mut bytes = FuzzBytes(data);
+    for i in 0..size {
+        let raw = bytes.u64();
+        let addr = if raw & 1 == 0 { raw % (1 << 20) } else { raw };
+        let len = bytes.u32() % (1 << 17);
+        let flags = bytes.u16() & 0x7;
+        let next = bytes.u16() % (size + 2);
+        let desc = SplitDescriptor::new(addr, len, flags, next);
+        let _ = mock.desc_table().store(i, RawDescriptor::from(desc));
+    }
+    let count = bytes.u16() % (size + 1);
+    let avail = mock.avail_addr();
+    for slot in 0..count {
+        let head = bytes.u16() % (size + 1);
+        let at = avail.unchecked_add(4 + 2 * u64::from(slot));
+        let _ = mem.write_obj(head, at);
+    }
+    let _ = mem.write_obj(count, avail.unchecked_add(2));
+}
+
+/// Reads fixed-size values from fuzz bytes, zero once they run out.
+pub struct FuzzBytes<'a>(pub &'a [u8]);
+
+impl FuzzBytes<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let n = N.min(self.0.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        out
+    }
+
+    /// The next byte.
+    pub fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+
+    /// The next two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+
+    /// The next four bytes, little-endian.
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+
+    /// The next eight bytes, little-endian.
+    pub fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+/// A small deterministic generator for tests that feed the fuzz entry
+/// points many inputs without a fuzzer.
+pub fn pseudo_random_inputs(count: usize, len: usize) -> Vec<Vec<u8>> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..count)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect()
+}

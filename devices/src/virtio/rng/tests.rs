@@ -91,3 +91,10 @@ fn a_huge_request_is_capped() {
     rng.process_queue(0);
     assert_eq!(used_entry(&mock, 0).1 as usize, MAX_REQUEST);
 }
+
+#[test]
+fn fuzz_inputs_neither_panic_nor_hang() {
+    for input in crate::virtio::test_utils::pseudo_random_inputs(300, 256) {
+        fuzz_queue(&input);
+    }
+}
