@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConsoleConfig, MemSize};
+use crate::device_args::{DriveArg, NetArg, NetOverrideArg, VsockArg};
 
 /// The command line the guest gets when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux";
@@ -31,8 +32,12 @@ pub enum Command {
     /// Boot a kernel and attach to its serial console.
     ///
     /// Without --kernel (and with --api-sock), start empty and wait for
-    /// `PUT /snapshot/load`. The guest's `reboot` or `poweroff` ends Hiber
-    /// with status 0; a guest kernel panic ends it with status 1.
+    /// `PUT /snapshot/load`, or for Firecracker's pre-boot calls
+    /// (`PUT /boot-source`, `/machine-config`, `/drives/ID`, ...) and
+    /// `PUT /actions {"action_type": "InstanceStart"}`; the flags given here
+    /// are the defaults those calls change. The guest's `reboot` or
+    /// `poweroff` ends Hiber with status 0; a guest kernel panic ends it
+    /// with status 1.
     Run(RunArgs),
     /// Start a new VMM from a snapshot and resume the guest.
     Restore(RestoreArgs),
@@ -98,6 +103,21 @@ pub struct RunArgs {
     /// Create the VM but leave its vCPUs paused (resume through the API).
     #[arg(long)]
     pub paused: bool,
+    /// A virtio-blk drive backed by a raw image file; repeat for more. Ids
+    /// default to drive0, drive1, ... by position; the first drive is vda.
+    #[arg(long = "drive", value_name = "path=PATH[,read-only=on|off][,id=NAME]")]
+    pub drives: Vec<DriveArg>,
+    /// A virtio-net interface on a host TAP; repeat for more. Ids default
+    /// to eth0, eth1, ... by position.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,id=NAME]")]
+    pub nets: Vec<NetArg>,
+    /// A virtio-vsock device: the guest's context id (3 or more) and the
+    /// host Unix socket it is reached through.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<VsockArg>,
+    /// Leave out the virtio-rng entropy device the guest gets by default.
+    #[arg(long)]
+    pub no_entropy: bool,
     #[command(flatten)]
     /// Host CPU handling.
     pub host: HostArgs,
@@ -137,6 +157,13 @@ pub struct RestoreArgs {
     /// checked): faster for large guests, for storage you trust.
     #[arg(long)]
     pub trust_memory: bool,
+    /// Give the snapshot's interface ID a new host TAP (and MAC address),
+    /// as for a clone; repeat for more interfaces.
+    #[arg(long = "net-override", value_name = "ID=TAP[,mac=MAC]")]
+    pub net_overrides: Vec<NetOverrideArg>,
+    /// A new host socket path for the snapshot's vsock device.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
 }
 
 /// Options of the API client subcommands.
@@ -198,8 +225,75 @@ mod tests {
             Command::Run(r) => {
                 assert_eq!(r.mem.bytes(), 1 << 30);
                 assert_eq!(r.vcpus, 2);
+                assert!(r.drives.is_empty() && r.nets.is_empty() && r.vsock.is_none());
+                assert!(!r.no_entropy, "entropy is on by default");
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let all = ["hiber", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(all)?.command {
+            Command::Run(r) => Ok(r),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_flags_repeat_and_parse() {
+        let r = run_args(&[
+            "--drive",
+            "path=a.img",
+            "--drive",
+            "path=b.img,read-only=on,id=data",
+            "--net",
+            "tap=tap0",
+            "--vsock",
+            "cid=3,uds=v.sock",
+            "--no-entropy",
+        ])
+        .unwrap();
+        assert_eq!(r.drives.len(), 2);
+        assert!(r.drives[1].read_only);
+        assert_eq!(r.nets[0].tap, "tap0");
+        assert_eq!(r.vsock.unwrap().0.guest_cid, 3);
+        assert!(r.no_entropy);
+    }
+
+    #[test]
+    fn bad_device_flags_are_refused_by_the_parser() {
+        use clap::error::ErrorKind;
+        let err = run_args(&["--drive", "file=a.img"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("no key `file`"), "{err}");
+        let err = run_args(&["--vsock", "cid=3,uds=a", "--vsock", "cid=4,uds=b"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert!(run_args(&["--net", "tap=t,mac=nope"]).is_err());
+    }
+
+    #[test]
+    fn restore_overrides_parse() {
+        let parse = |args: &[&str]| {
+            let all = ["hiber", "restore", "--snapshot", "s", "--mem", "m"];
+            match Cli::try_parse_from(all.iter().chain(args).copied()).map(|c| c.command) {
+                Ok(Command::Restore(r)) => Ok(r),
+                Ok(other) => panic!("parsed as {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let r = parse(&[
+            "--net-override",
+            "eth0=tap3",
+            "--net-override",
+            "eth1=tap4,mac=02:00:00:00:00:04",
+            "--vsock-uds",
+            "new.sock",
+        ])
+        .unwrap();
+        assert_eq!(r.net_overrides.len(), 2);
+        assert_eq!(r.net_overrides[1].0.host_dev_name, "tap4");
+        assert_eq!(r.vsock_uds, Some(PathBuf::from("new.sock")));
+        assert!(parse(&["--net-override", "eth0"]).is_err());
     }
 }

@@ -15,10 +15,15 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::api::{ApiCall, ApiRequest, ApiResponse, InstanceInfo, VmRunState};
+use crate::api::{
+    error_chain, ApiCall, ApiRequest, ApiResponse, InstanceInfo, LoadSnapshotParams, VmRunState,
+};
+use crate::config::MachineConfig;
 use crate::console::{Console, ConsoleInput};
-use crate::machine::Machine;
+use crate::cpu::{self, CpuOverrides, QuirkMode};
+use crate::machine::{open_kvm, Machine, MachineError};
 use crate::persist::{self, RestoreOptions};
+use crate::preboot::{self, PendingConfig, PrebootError, PrebootRequest};
 use crate::vstate::exits::StopReason;
 
 const TOKEN_STOP: u32 = 1;
@@ -68,10 +73,24 @@ pub struct ApiChannel {
     pub wake: EventFd,
 }
 
+/// What a process started without a kernel needs to boot one when
+/// `InstanceStart` comes.
+pub struct Preboot {
+    /// The configuration built so far (seeded from the command line).
+    pub pending: PendingConfig,
+    /// How to handle this host's CPU quirks.
+    pub quirk_mode: QuirkMode,
+    /// The user's CPU feature overrides.
+    pub overrides: CpuOverrides,
+    /// Whether the booted guest's vCPUs start paused.
+    pub start_paused: bool,
+}
+
 /// Owns the machine and reacts to everything that happens to it.
 pub struct Controller {
     id: String,
     machine: Option<Machine>,
+    preboot: Option<Preboot>,
     paused: bool,
     console: Console,
     console_fds: Vec<RawFd>,
@@ -97,6 +116,7 @@ impl Controller {
         Ok(Controller {
             id,
             machine,
+            preboot: None,
             paused,
             console,
             console_fds: Vec::new(),
@@ -107,6 +127,13 @@ impl Controller {
             halted_checks: 0,
             outcome: None,
         })
+    }
+
+    /// Lets the API configure and start a guest (Firecracker's pre-boot
+    /// calls and `InstanceStart`) in a controller that has no machine yet.
+    pub fn with_preboot(mut self, preboot: Preboot) -> Self {
+        self.preboot = Some(preboot);
+        self
     }
 
     fn run_state(&self) -> VmRunState {
@@ -265,18 +292,86 @@ impl Controller {
             ApiRequest::Resume => self.api_resume(),
             ApiRequest::CreateSnapshot(p) => self.api_snapshot(&p.snapshot_path, &p.mem_file_path),
             ApiRequest::LoadSnapshot(p) => {
-                let response = self.api_load(&p.snapshot_path, &p.mem_file_path, p.resume_vm);
+                let response = self.api_load(p);
+                self.register_machine(ops);
+                response
+            }
+            ApiRequest::GetMachineConfig => match self.current_config() {
+                Some(c) => ApiResponse::ok(preboot::machine_config_json(&c)),
+                None => ApiResponse::error(400, "the VM is not started: no configuration yet"),
+            },
+            ApiRequest::Configure(r) => self.api_configure(r),
+            ApiRequest::InstanceStart => {
+                let response = self.api_start();
                 self.register_machine(ops);
                 response
             }
         }
     }
 
+    /// The running machine's configuration, or the one `InstanceStart`
+    /// would boot.
+    fn current_config(&self) -> Option<MachineConfig> {
+        match (&self.machine, &self.preboot) {
+            (Some(m), _) => Some(m.config.clone()),
+            (None, Some(p)) => Some(p.pending.preview()),
+            (None, None) => None,
+        }
+    }
+
     fn vm_config(&self) -> ApiResponse {
-        match &self.machine {
-            Some(m) => ApiResponse::ok(persist::firecracker_vm_config(&m.config)),
+        match self.current_config() {
+            Some(c) => ApiResponse::ok(persist::firecracker_vm_config(&c)),
             None => ApiResponse::error(400, "the VM is not started: no configuration yet"),
         }
+    }
+
+    fn api_configure(&mut self, request: &PrebootRequest) -> ApiResponse {
+        let result = match &mut self.preboot {
+            Some(p) => p.pending.apply(request.clone()),
+            None => Err(PrebootError::AfterStart {
+                operation: request.operation(),
+            }),
+        };
+        match result {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::error(400, error_chain(&e)),
+        }
+    }
+
+    /// Boots the configured guest; the caller registers its events.
+    fn api_start(&mut self) -> ApiResponse {
+        let Some(pre) = &self.preboot else {
+            let operation = "InstanceStart".to_string();
+            let err = PrebootError::AfterStart { operation };
+            return ApiResponse::error(400, error_chain(&err));
+        };
+        let config = match pre.pending.to_boot() {
+            Ok(config) => config,
+            Err(e) => return ApiResponse::error(400, error_chain(&e)),
+        };
+        let start_paused = pre.start_paused;
+        match self.boot_configured(config) {
+            Ok(machine) => {
+                log::info!("guest booted through the API (InstanceStart)");
+                self.machine = Some(machine);
+                self.paused = start_paused;
+                self.halted_checks = 0;
+                if let Some(p) = &mut self.preboot {
+                    p.pending.mark_started();
+                }
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::error(boot_status(&e), error_chain(&e)),
+        }
+    }
+
+    fn boot_configured(&self, config: MachineConfig) -> Result<Machine, MachineError> {
+        let pre = self.preboot.as_ref().expect("checked by the caller");
+        let kvm = open_kvm()?;
+        let quirks =
+            cpu::host_quirks(&kvm, pre.quirk_mode, &pre.overrides).map_err(MachineError::Cpu)?;
+        Machine::boot(config, kvm, quirks, self.console_sink(), pre.start_paused)
     }
 
     fn api_pause(&mut self) -> ApiResponse {
@@ -325,7 +420,7 @@ impl Controller {
         }
     }
 
-    fn api_load(&mut self, state: &Path, mem: &Path, resume: bool) -> ApiResponse {
+    fn api_load(&mut self, p: &LoadSnapshotParams) -> ApiResponse {
         if self.machine.is_some() {
             return ApiResponse::error(
                 400,
@@ -333,7 +428,23 @@ impl Controller {
                  --api-sock PATH` started without a kernel",
             );
         }
-        match self.load(state, mem, RestoreOptions::default(), resume) {
+        if self
+            .preboot
+            .as_ref()
+            .is_some_and(|p| p.pending.configured())
+        {
+            return ApiResponse::error(400, error_chain(&PrebootError::LoadAfterConfig));
+        }
+        let vsock = p.vsock_override.as_deref();
+        if let Err(e) = preboot::check_overrides(&p.network_overrides, vsock) {
+            return ApiResponse::error(400, error_chain(&e));
+        }
+        let opts = RestoreOptions {
+            net_overrides: p.network_overrides.clone(),
+            vsock_uds_override: p.vsock_override.clone(),
+            ..RestoreOptions::default()
+        };
+        match self.load(&p.snapshot_path, &p.mem_file_path, opts, p.resume_vm) {
             Ok(()) => ApiResponse::no_content(),
             Err(e) => ApiResponse::error(e.status(), crate::api::error_chain(&e)),
         }
@@ -350,6 +461,9 @@ impl Controller {
         let sink = self.console_sink();
         let machine = persist::restore(state, mem, opts, sink)?;
         self.machine = Some(machine);
+        if let Some(p) = &mut self.preboot {
+            p.pending.mark_started();
+        }
         self.paused = true;
         if resume {
             let m = self.machine.as_ref().expect("just set");
@@ -409,6 +523,15 @@ impl MutEventSubscriber for Controller {
             TOKEN_CONSOLE => self.on_console(events.fd(), ops),
             other => log::warn!("event for unknown token {other}"),
         }
+    }
+}
+
+/// The status for a failed `InstanceStart`: the client's input (kernel,
+/// files, sizes) for refusals, the server for failures.
+fn boot_status(e: &MachineError) -> u16 {
+    match e {
+        MachineError::Kvm { .. } | MachineError::Open { .. } | MachineError::Boot(_) => 400,
+        _ => 500,
     }
 }
 

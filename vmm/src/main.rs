@@ -10,10 +10,12 @@ use vmm::api::{self, ApiServer};
 use vmm::cli::{ApiArgs, Cli, Command, HostArgs, MemBackendArg, QuirksArg, RestoreArgs, RunArgs};
 use vmm::config::{ConsoleConfig, MachineConfig, MAX_VCPUS};
 use vmm::console::Console;
-use vmm::controller::{ApiChannel, Controller, Outcome};
+use vmm::controller::{ApiChannel, Controller, Outcome, Preboot};
 use vmm::cpu::{self, CpuOverrides, QuirkMode};
+use vmm::device_args::{drive_configs, net_configs};
 use vmm::machine::{open_kvm, Machine, MachineError};
 use vmm::persist::{MemBackend, RestoreOptions};
+use vmm::preboot::{self, PendingConfig, PrebootError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Exit status for input Hiber refuses.
@@ -93,8 +95,12 @@ fn overrides(h: &HostArgs) -> Result<CpuOverrides, Failure> {
     CpuOverrides::from_names(&h.cpu_hide).map_err(|e| Failure::usage(e.to_string()))
 }
 
+fn refused(e: &PrebootError) -> Failure {
+    Failure::usage(api::error_chain(e))
+}
+
 /// Refusals that need no KVM: they come before anything is created.
-fn validate_run(args: &RunArgs) -> Result<(), Failure> {
+fn validate_run(args: &RunArgs) -> Result<MachineConfig, Failure> {
     if args.vcpus == 0 || args.vcpus > MAX_VCPUS {
         return Err(Failure::usage(format!(
             "--vcpus {} is out of range: give 1 to {MAX_VCPUS}",
@@ -102,38 +108,37 @@ fn validate_run(args: &RunArgs) -> Result<(), Failure> {
         )));
     }
     match &args.kernel {
-        Some(k) => check_kernel_file(k)?,
+        Some(k) => preboot::check_kernel(k).map_err(|e| refused(&e))?,
         None if args.api_sock.is_none() => {
             return Err(Failure::usage(
-                "--kernel is required (or --api-sock, to wait for a snapshot load)",
+                "--kernel is required (or --api-sock, to configure the guest or load a \
+                 snapshot through the API)",
             ))
         }
         None => {}
     }
     if let Some(i) = &args.initrd {
-        std::fs::File::open(i)
-            .map_err(|e| Failure::usage(format!("cannot open initrd {}: {e}", i.display())))?;
+        preboot::check_initrd(i).map_err(|e| refused(&e))?;
     }
-    Ok(())
+    let config = machine_config(args);
+    preboot::check_devices(&config).map_err(|e| refused(&e))?;
+    Ok(config)
 }
 
-/// Refuses a kernel file that cannot be read or is neither an ELF vmlinux
-/// nor a bzImage, before anything is created.
-fn check_kernel_file(path: &Path) -> Result<(), Failure> {
-    use std::io::Read;
-    let mut head = [0u8; 0x206];
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| Failure::usage(format!("cannot open kernel {}: {e}", path.display())))?;
-    let n = file.read(&mut head).unwrap_or(0);
-    let elf = n >= 4 && head[..4] == *b"\x7fELF";
-    let bzimage = n >= 0x206 && head[0x202..0x206] == *b"HdrS";
-    if elf || bzimage {
-        Ok(())
-    } else {
-        Err(Failure::usage(format!(
-            "{} is not a Linux kernel: give an uncompressed ELF vmlinux or a bzImage",
-            path.display()
-        )))
+/// The machine the command line asks for; without --kernel, the defaults
+/// the pre-boot API starts from.
+fn machine_config(args: &RunArgs) -> MachineConfig {
+    MachineConfig {
+        vcpus: args.vcpus,
+        mem: args.mem,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        console: args.console.clone(),
+        drives: drive_configs(&args.drives),
+        nets: net_configs(&args.nets),
+        vsock: args.vsock.as_ref().map(|v| v.0.clone()),
+        entropy: !args.no_entropy,
     }
 }
 
@@ -174,43 +179,42 @@ fn finish(outcome: Outcome) -> Result<u8, Failure> {
 }
 
 fn run(args: RunArgs) -> Result<u8, Failure> {
-    validate_run(&args)?;
+    let config = validate_run(&args)?;
     let overrides = overrides(&args.host)?;
     let kvm = open_kvm().map_err(classify)?;
     let console = open_console(&args.console)?;
     let api = start_api(args.api_sock.as_deref())?;
     let (server, channel) = api.map_or((None, None), |(s, c)| (Some(s), Some(c)));
-    let machine = match &args.kernel {
-        Some(kernel) => {
-            let quirks = cpu::host_quirks(&kvm, quirk_mode(&args.host), &overrides)
-                .map_err(|e| Failure::runtime(&e))?;
-            let config = MachineConfig {
-                vcpus: args.vcpus,
-                mem: args.mem,
-                kernel: Some(kernel.clone()),
-                initrd: args.initrd.clone(),
-                cmdline: args.cmdline.clone(),
-                console: args.console.clone(),
-                drives: Vec::new(),
-                nets: Vec::new(),
-                vsock: None,
-                entropy: true,
-            };
-            let m = Machine::boot(config, kvm, quirks, console.sink(), args.paused)
-                .map_err(classify)?;
-            Some(m)
-        }
-        None => None,
+    let mut preboot = None;
+    let machine = if args.kernel.is_some() {
+        let quirks = cpu::host_quirks(&kvm, quirk_mode(&args.host), &overrides)
+            .map_err(|e| Failure::runtime(&e))?;
+        let m =
+            Machine::boot(config, kvm, quirks, console.sink(), args.paused).map_err(classify)?;
+        Some(m)
+    } else {
+        preboot = Some(Preboot {
+            pending: PendingConfig::new(config),
+            quirk_mode: quirk_mode(&args.host),
+            overrides,
+            start_paused: args.paused,
+        });
+        None
     };
     let id = instance_id();
-    let controller = Controller::new(id, machine, args.paused, console, channel)
+    let mut controller = Controller::new(id, machine, args.paused, console, channel)
         .map_err(|e| Failure::runtime(&e))?;
+    if let Some(p) = preboot {
+        controller = controller.with_preboot(p);
+    }
     let outcome = controller.run().map_err(|e| Failure::runtime(&e))?;
     drop(server);
     finish(outcome)
 }
 
 fn restore(args: RestoreArgs) -> Result<u8, Failure> {
+    let net_overrides: Vec<_> = args.net_overrides.iter().map(|o| o.0.clone()).collect();
+    preboot::check_overrides(&net_overrides, args.vsock_uds.as_deref()).map_err(|e| refused(&e))?;
     let console = open_console(&args.console)?;
     let api = start_api(args.api_sock.as_deref())?;
     let (server, channel) = api.map_or((None, None), |(s, c)| (Some(s), Some(c)));
@@ -222,7 +226,8 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
             MemBackendArg::Copy => MemBackend::Copy,
         },
         verify_memory: !args.trust_memory,
-        ..RestoreOptions::default()
+        net_overrides,
+        vsock_uds_override: args.vsock_uds.clone(),
     };
     controller
         .load(&args.snapshot, &args.mem, opts, !args.paused)

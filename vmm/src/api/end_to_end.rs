@@ -20,6 +20,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::client::{self, fault_message};
 use super::test_dir::TestDir;
 use super::*;
+use crate::config::{ConsoleConfig, MachineConfig, MemSize};
+use crate::preboot::{PendingConfig, PrebootError};
 
 /// Server limits short enough for tests to hit them quickly.
 fn quick_options() -> ServerOptions {
@@ -85,6 +87,54 @@ fn stateful_vmm() -> impl FnMut(ApiRequest) -> Option<ApiResponse> + Send {
             ApiRequest::CreateSnapshot(_) | ApiRequest::LoadSnapshot(_) => {
                 ApiResponse::no_content()
             }
+            ApiRequest::GetMachineConfig => ApiResponse::error(400, "no machine-config here"),
+            ApiRequest::Configure(_) | ApiRequest::InstanceStart => {
+                ApiResponse::error(400, "this VM is running: pre-boot calls are refused")
+            }
+        })
+    }
+}
+
+/// A VMM before boot: pre-boot calls go to a real [`PendingConfig`], and
+/// `InstanceStart` "boots" whatever that configuration lets through.
+fn preboot_vmm() -> impl FnMut(ApiRequest) -> Option<ApiResponse> + Send {
+    let mut pending = PendingConfig::new(MachineConfig {
+        vcpus: 1,
+        mem: MemSize(128 << 20),
+        kernel: None,
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        console: ConsoleConfig::Stdio,
+        drives: Vec::new(),
+        nets: Vec::new(),
+        vsock: None,
+        entropy: true,
+    });
+    let answer = |result: Result<(), PrebootError>| match result {
+        Ok(()) => ApiResponse::no_content(),
+        Err(e) => ApiResponse::error(400, error_chain(&e)),
+    };
+    move |request| {
+        Some(match request {
+            ApiRequest::GetInfo => {
+                let state = match pending.started() {
+                    true => VmRunState::Running,
+                    false => VmRunState::NotStarted,
+                };
+                ApiResponse::ok(InstanceInfo::new("test-vm", state).to_json())
+            }
+            ApiRequest::GetMachineConfig => {
+                ApiResponse::ok(crate::preboot::machine_config_json(&pending.preview()))
+            }
+            ApiRequest::GetVmConfig => {
+                ApiResponse::ok(json!({"boot_args": pending.preview().cmdline}))
+            }
+            ApiRequest::Configure(r) => answer(pending.apply(r)),
+            ApiRequest::InstanceStart => answer(pending.to_boot().map(|_| pending.mark_started())),
+            ApiRequest::LoadSnapshot(_) if pending.configured() => {
+                answer(Err(PrebootError::LoadAfterConfig))
+            }
+            _ => ApiResponse::error(400, "the VM is not started"),
         })
     }
 }
@@ -198,9 +248,9 @@ fn pause_snapshot_resume_round_trip() {
 #[test]
 fn errors_arrive_as_fault_messages() {
     let s = start("e2e-errors", quick_options(), stateful_vmm());
-    let (status, text) = call(&s.sock, "GET", "/machine-config", None);
+    let (status, text) = call(&s.sock, "GET", "/balloon", None);
     assert!(
-        status == 404 && text.contains("/snapshot/load"),
+        status == 404 && text.contains("/snapshot/load") && text.contains("/actions"),
         "{status} {text}"
     );
     let body = json!({"snapshot_path": "a", "mem_file_path": "b", "snapshot_type": "Diff"});
@@ -429,4 +479,144 @@ fn unread_bytes_do_not_reset_the_last_answer() {
     bytes.extend(std::iter::repeat_n(b'{', 48 * 1024));
     let reply = raw_exchange(&s.sock, &bytes);
     assert!(reply.starts_with("HTTP/1.1 413 "), "{reply}");
+}
+
+/// A scratch directory with a fake kernel and a disk image.
+fn preboot_files(name: &str) -> (TestDir, PathBuf, PathBuf) {
+    let dir = TestDir::new(name);
+    let kernel = dir.path().join("vmlinux");
+    let mut elf = b"\x7fELF".to_vec();
+    elf.resize(1024, 0);
+    std::fs::write(&kernel, elf).unwrap();
+    let disk = dir.path().join("data.ext4");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    (dir, kernel, disk)
+}
+
+#[test]
+fn a_guest_is_configured_and_started_over_http() {
+    let (_files, kernel, disk) = preboot_files("e2e-preboot-files");
+    let s = start("e2e-preboot", quick_options(), preboot_vmm());
+    let put = |path: &str, body: serde_json::Value| call(&s.sock, "PUT", path, Some(body));
+
+    let start_action = json!({"action_type": "InstanceStart"});
+    let (status, text) = put("/actions", start_action.clone());
+    assert!(
+        status == 400 && text.contains("PUT /boot-source"),
+        "{status} {text}"
+    );
+    let (status, text) = put("/boot-source", json!({"kernel_image_path": "/no/vmlinux"}));
+    assert!(
+        status == 400 && text.contains("cannot open kernel /no/vmlinux"),
+        "{status} {text}"
+    );
+    let boot = json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0 quiet"});
+    assert_eq!(put("/boot-source", boot), (204, String::new()));
+
+    let machine = json!({"vcpu_count": 2, "mem_size_mib": 256});
+    assert_eq!(put("/machine-config", machine).0, 204);
+    let (status, text) = call(&s.sock, "GET", "/machine-config", None);
+    assert_eq!(status, 200);
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (got["vcpu_count"].clone(), got["mem_size_mib"].clone()),
+        (2.into(), 256.into())
+    );
+    let (status, text) = put(
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64,
+                                                       "smt": true}),
+    );
+    assert!(
+        status == 400 && text.contains("smt: true is not supported"),
+        "{status} {text}"
+    );
+
+    let drive = json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true,
+                       "is_read_only": true});
+    assert_eq!(put("/drives/rootfs", drive.clone()).0, 204);
+    let (status, text) = put("/drives/data", drive.clone());
+    assert!(
+        status == 400 && text.contains("names drive_id `data`"),
+        "{status} {text}"
+    );
+    let missing = json!({"drive_id": "d2", "path_on_host": "/no/disk", "is_root_device": false,
+                         "is_read_only": true});
+    let (status, text) = put("/drives/d2", missing);
+    assert!(
+        status == 400 && text.contains("drive `d2`: cannot open /no/disk"),
+        "{status} {text}"
+    );
+    let (status, text) = call(&s.sock, "GET", "/vm/config", None);
+    assert!(
+        status == 200 && text.contains("root=/dev/vda ro"),
+        "{status} {text}"
+    );
+
+    let net = json!({"iface_id": "eth0", "host_dev_name": "a-tap-name-too-long"});
+    let (status, text) = put("/network-interfaces/eth0", net);
+    assert!(
+        status == 400 && text.contains("longer than 15 bytes"),
+        "{status} {text}"
+    );
+    let vsock = json!({"guest_cid": 2, "uds_path": "v.sock"});
+    let (status, text) = put("/vsock", vsock);
+    assert!(
+        status == 400 && text.contains("guest cid 2 is reserved"),
+        "{status} {text}"
+    );
+    assert_eq!(put("/entropy", json!({})).0, 204);
+
+    let load = json!({"snapshot_path": "s", "mem_file_path": "m"});
+    let (status, text) = put("/snapshot/load", load);
+    assert!(
+        status == 400 && text.contains("after pre-boot configuration"),
+        "{status} {text}"
+    );
+
+    assert_eq!(put("/actions", start_action.clone()), (204, String::new()));
+    let (_, info) = call(&s.sock, "GET", "/", None);
+    assert!(info.contains("\"Running\""), "{info}");
+    let (status, text) = put("/drives/rootfs", drive);
+    assert!(
+        status == 400 && text.contains("only allowed before InstanceStart"),
+        "{status} {text}"
+    );
+    let (status, text) = put("/actions", start_action);
+    assert!(
+        status == 400 && text.starts_with("InstanceStart is only allowed"),
+        "{status} {text}"
+    );
+}
+
+#[test]
+fn pre_boot_resources_answer_wrong_methods_and_actions_like_firecracker() {
+    let s = start("e2e-preboot-methods", quick_options(), preboot_vmm());
+    let reply = raw_exchange(
+        &s.sock,
+        b"GET /drives/d HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 405 "), "{reply}");
+    assert!(reply.contains("\r\nAllow: PUT\r\n"), "{reply}");
+    let reply = raw_exchange(
+        &s.sock,
+        b"DELETE /machine-config HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.contains("\r\nAllow: GET, PUT\r\n"), "{reply}");
+    let metrics = json!({"action_type": "FlushMetrics"});
+    let (status, text) = call(&s.sock, "PUT", "/actions", Some(metrics));
+    assert!(
+        status == 400 && text.contains("FlushMetrics"),
+        "{status} {text}"
+    );
+    let (status, text) = call(&s.sock, "PUT", "/entropy", None);
+    assert!(
+        status == 400 && text.contains("needs a JSON body"),
+        "{status} {text}"
+    );
+    let (status, text) = call(&s.sock, "GET", "/machine-config", None);
+    assert!(
+        status == 200 && text.contains("\"huge_pages\":\"None\""),
+        "{status} {text}"
+    );
 }

@@ -47,10 +47,11 @@ mod connection;
 mod end_to_end;
 pub mod http;
 pub mod info;
+mod preboot_routes;
 pub mod routes;
 pub mod server;
 #[cfg(test)]
-mod test_dir;
+pub(crate) mod test_dir;
 
 pub use client::{request, ClientError};
 pub use info::{InstanceInfo, VmRunState};

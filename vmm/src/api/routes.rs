@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::preboot_routes as preboot;
+use crate::persist::NetOverride;
+use crate::preboot::PrebootRequest;
+
 /// An operation asked of the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
@@ -23,6 +27,12 @@ pub enum ApiRequest {
     CreateSnapshot(CreateSnapshotParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(LoadSnapshotParams),
+    /// `GET /machine-config`: vCPUs and memory, configured or running.
+    GetMachineConfig,
+    /// A pre-boot `PUT`: boot source, machine size or a device.
+    Configure(PrebootRequest),
+    /// `PUT /actions {"action_type": "InstanceStart"}`.
+    InstanceStart,
 }
 
 /// Where to write a full snapshot.
@@ -52,6 +62,10 @@ pub struct LoadSnapshotParams {
     pub mem_backend: MemBackendKind,
     /// Whether to resume the VM once loaded (otherwise it stays paused).
     pub resume_vm: bool,
+    /// New host TAPs (and MAC addresses) for the snapshot's interfaces.
+    pub network_overrides: Vec<NetOverride>,
+    /// A new host socket path for the snapshot's vsock device.
+    pub vsock_override: Option<PathBuf>,
 }
 
 /// Why a request does not name a valid operation.
@@ -60,7 +74,8 @@ pub enum RouteError {
     /// No resource at this path.
     #[error(
         "there is no API resource at {path:?}: the API serves /, /vm, /vm/config, \
-         /snapshot/create and /snapshot/load"
+         /snapshot/create, /snapshot/load, /boot-source, /machine-config, /drives/ID, \
+         /network-interfaces/ID, /vsock, /entropy and /actions"
     )]
     NotFound { path: String },
     /// The resource exists but not with this method.
@@ -113,6 +128,28 @@ pub enum RouteError {
     /// A path field is the empty string.
     #[error("{field} is empty: give the path of a file")]
     EmptyPath { field: &'static str },
+    /// The id in the path and the id in the body differ.
+    #[error(
+        "the path names {field} `{in_path}` but the body says `{in_body}`: \
+         give the same id in both"
+    )]
+    IdMismatch {
+        field: &'static str,
+        in_path: String,
+        in_body: String,
+    },
+    /// A Firecracker setting or action Hiber does not have.
+    #[error("{what} is not supported: {why}")]
+    Unsupported { what: String, why: &'static str },
+    /// A required field that Firecracker's schema leaves optional.
+    #[error("{field} is required: {why}")]
+    Required {
+        field: &'static str,
+        why: &'static str,
+    },
+    /// A MAC address that does not parse.
+    #[error("{field}: {reason}")]
+    BadMac { field: String, reason: String },
 }
 
 impl RouteError {
@@ -177,6 +214,15 @@ struct LoadBody {
     track_dirty_pages: bool,
     #[serde(default)]
     resume_vm: bool,
+    #[serde(default)]
+    network_overrides: Vec<preboot::NetworkOverrideBody>,
+    vsock_override: Option<VsockOverrideBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VsockOverrideBody {
+    uds_path: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -204,23 +250,36 @@ const LOAD_EXAMPLE: &str = concat!(
 /// `target` may carry a query string (ignored) and a trailing slash.
 pub fn parse_request(method: &str, target: &str, body: &[u8]) -> Result<ApiRequest, RouteError> {
     let path = normalize(target);
-    let allowed = allowed_method(path).ok_or_else(|| RouteError::NotFound {
+    let resource = Resource::of(path).ok_or_else(|| RouteError::NotFound {
         path: path.to_string(),
     })?;
-    if method != allowed {
+    let allowed = resource.methods();
+    if !allowed.split(", ").any(|m| m == method) {
         return Err(RouteError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_string(),
             allowed,
         });
     }
-    match path {
-        "/" => Ok(ApiRequest::GetInfo),
-        "/vm/config" => Ok(ApiRequest::GetVmConfig),
-        "/vm" => parse_vm(body),
-        "/snapshot/create" => parse_create(body),
-        _ => parse_load(body),
+    match resource {
+        Resource::Info => Ok(ApiRequest::GetInfo),
+        Resource::VmConfig => Ok(ApiRequest::GetVmConfig),
+        Resource::Vm => parse_vm(body),
+        Resource::SnapshotCreate => parse_create(body),
+        Resource::SnapshotLoad => parse_load(body),
+        Resource::MachineConfig if method == "GET" => Ok(ApiRequest::GetMachineConfig),
+        Resource::MachineConfig => preboot::machine_config(body).map(configure),
+        Resource::BootSource => preboot::boot_source(body).map(configure),
+        Resource::Drive(id) => preboot::drive(id, body).map(configure),
+        Resource::Network(id) => preboot::network(id, body).map(configure),
+        Resource::Vsock => preboot::vsock(body).map(configure),
+        Resource::Entropy => preboot::entropy(body).map(configure),
+        Resource::Actions => preboot::action(body),
     }
+}
+
+fn configure(request: PrebootRequest) -> ApiRequest {
+    ApiRequest::Configure(request)
 }
 
 /// The path without query string or trailing slash.
@@ -232,13 +291,59 @@ fn normalize(target: &str) -> &str {
     }
 }
 
-/// The one method each resource accepts, `None` for an unknown path.
-fn allowed_method(path: &str) -> Option<&'static str> {
-    match path {
-        "/" | "/vm/config" => Some("GET"),
-        "/vm" => Some("PATCH"),
-        "/snapshot/create" | "/snapshot/load" => Some("PUT"),
-        _ => None,
+/// A resource of the API; the device ones carry the id from the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource<'a> {
+    Info,
+    VmConfig,
+    Vm,
+    SnapshotCreate,
+    SnapshotLoad,
+    BootSource,
+    MachineConfig,
+    Drive(&'a str),
+    Network(&'a str),
+    Vsock,
+    Entropy,
+    Actions,
+}
+
+impl<'a> Resource<'a> {
+    /// The resource at `path`, `None` for an unknown one.
+    fn of(path: &'a str) -> Option<Self> {
+        let id = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+        };
+        if let Some(id) = id("/drives/") {
+            return Some(Resource::Drive(id));
+        }
+        if let Some(id) = id("/network-interfaces/") {
+            return Some(Resource::Network(id));
+        }
+        Some(match path {
+            "/" => Resource::Info,
+            "/vm/config" => Resource::VmConfig,
+            "/vm" => Resource::Vm,
+            "/snapshot/create" => Resource::SnapshotCreate,
+            "/snapshot/load" => Resource::SnapshotLoad,
+            "/boot-source" => Resource::BootSource,
+            "/machine-config" => Resource::MachineConfig,
+            "/vsock" => Resource::Vsock,
+            "/entropy" => Resource::Entropy,
+            "/actions" => Resource::Actions,
+            _ => return None,
+        })
+    }
+
+    /// The methods the resource accepts, as an `Allow` header lists them.
+    fn methods(self) -> &'static str {
+        match self {
+            Resource::Info | Resource::VmConfig => "GET",
+            Resource::Vm => "PATCH",
+            Resource::MachineConfig => "GET, PUT",
+            _ => "PUT",
+        }
     }
 }
 
@@ -282,15 +387,26 @@ fn parse_load(body: &[u8]) -> Result<ApiRequest, RouteError> {
             BackendType::File => ("mem_backend.backend_path", backend.backend_path),
         },
     };
+    let network_overrides = body
+        .network_overrides
+        .into_iter()
+        .map(preboot::NetworkOverrideBody::into_override)
+        .collect::<Result<Vec<_>, _>>()?;
+    let vsock_override = match body.vsock_override {
+        Some(o) => Some(non_empty("vsock_override.uds_path", o.uds_path)?),
+        None => None,
+    };
     Ok(ApiRequest::LoadSnapshot(LoadSnapshotParams {
         snapshot_path: non_empty("snapshot_path", body.snapshot_path)?,
         mem_file_path: non_empty(field, mem_file_path)?,
         mem_backend: MemBackendKind::File,
         resume_vm: body.resume_vm,
+        network_overrides,
+        vsock_override,
     }))
 }
 
-fn decode<'a, T: Deserialize<'a>>(
+pub(super) fn decode<'a, T: Deserialize<'a>>(
     operation: &'static str,
     example: &'static str,
     body: &'a [u8],
@@ -301,7 +417,7 @@ fn decode<'a, T: Deserialize<'a>>(
     serde_json::from_slice(body).map_err(|source| RouteError::BadBody { operation, source })
 }
 
-fn non_empty(field: &'static str, path: PathBuf) -> Result<PathBuf, RouteError> {
+pub(super) fn non_empty(field: &'static str, path: PathBuf) -> Result<PathBuf, RouteError> {
     if path.as_os_str().is_empty() {
         return Err(RouteError::EmptyPath { field });
     }
@@ -379,6 +495,8 @@ mod tests {
             mem_file_path: "m".into(),
             mem_backend: MemBackendKind::File,
             resume_vm: true,
+            network_overrides: Vec::new(),
+            vsock_override: None,
         };
         let got = parse("PUT", "/snapshot/load", body).unwrap();
         assert_eq!(got, ApiRequest::LoadSnapshot(expected));
@@ -444,10 +562,254 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_load_takes_network_and_vsock_overrides() {
+        let body = r#"{"snapshot_path": "s", "mem_file_path": "m",
+            "network_overrides": [
+                {"iface_id": "eth0", "host_dev_name": "tap9"},
+                {"iface_id": "eth1", "host_dev_name": "tap10", "guest_mac": "02:00:00:00:00:0a"}],
+            "vsock_override": {"uds_path": "new.sock"}}"#;
+        let ApiRequest::LoadSnapshot(p) = parse("PUT", "/snapshot/load", body).unwrap() else {
+            panic!("not a load request");
+        };
+        let macs: Vec<Option<String>> = p
+            .network_overrides
+            .iter()
+            .map(|o| o.guest_mac.map(|m| m.to_string()))
+            .collect();
+        assert_eq!(macs, [None, Some("02:00:00:00:00:0a".to_string())]);
+        assert_eq!(p.network_overrides[1].host_dev_name, "tap10");
+        assert_eq!(p.vsock_override, Some(PathBuf::from("new.sock")));
+        for (body, needle) in [
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "network_overrides": [{"iface_id": "eth0"}]}"#,
+                "missing field `host_dev_name`",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "network_overrides":
+                    [{"iface_id": "e", "host_dev_name": "t", "guest_mac": "zz"}]}"#,
+                "network_overrides[].guest_mac: MAC address `zz`",
+            ),
+            (
+                r#"{"snapshot_path": "s", "mem_file_path": "m",
+                    "vsock_override": {"uds_path": ""}}"#,
+                "vsock_override.uds_path is empty",
+            ),
+        ] {
+            let text = message(parse("PUT", "/snapshot/load", body).unwrap_err());
+            assert!(text.contains(needle), "{text}");
+        }
+    }
+
+    fn configure(method: &str, target: &str, body: &str) -> PrebootRequest {
+        match parse(method, target, body) {
+            Ok(ApiRequest::Configure(r)) => r,
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+
+    fn refusal(target: &str, body: &str) -> String {
+        let err = parse("PUT", target, body).unwrap_err();
+        assert_eq!(err.status(), 400, "{target} {body}");
+        message(err)
+    }
+
+    #[test]
+    fn boot_source_and_machine_config_are_routed() {
+        use crate::preboot::{BootSource, MachineSize};
+        let body = r#"{"kernel_image_path": "k", "boot_args": "quiet", "initrd_path": "i"}"#;
+        let expected = BootSource {
+            kernel: "k".into(),
+            initrd: Some("i".into()),
+            boot_args: Some("quiet".into()),
+        };
+        assert_eq!(
+            configure("PUT", "/boot-source", body),
+            PrebootRequest::BootSource(expected)
+        );
+        let body = r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
+                       "track_dirty_pages": false, "cpu_template": "None", "huge_pages": "None"}"#;
+        let size = MachineSize {
+            vcpu_count: 2,
+            mem_size_mib: 256,
+        };
+        assert_eq!(
+            configure("PUT", "/machine-config", body),
+            PrebootRequest::Machine(size)
+        );
+        assert_eq!(
+            parse("GET", "/machine-config", "").unwrap(),
+            ApiRequest::GetMachineConfig
+        );
+        let text = refusal("/boot-source", r#"{"boot_args": "quiet"}"#);
+        assert!(text.contains("missing field `kernel_image_path`"), "{text}");
+        let text = refusal("/machine-config", r#"{"vcpu_count": 1}"#);
+        assert!(text.contains("missing field `mem_size_mib`"), "{text}");
+    }
+
+    #[test]
+    fn machine_features_hiber_lacks_are_refused_by_name() {
+        let base = r#""vcpu_count": 1, "mem_size_mib": 128"#;
+        for (extra, needle) in [
+            (r#""smt": true"#, "smt: true is not supported"),
+            (
+                r#""track_dirty_pages": true"#,
+                "track_dirty_pages: true is not supported",
+            ),
+            (
+                r#""cpu_template": "T2""#,
+                "cpu_template \"T2\" is not supported",
+            ),
+            (
+                r#""huge_pages": "2M""#,
+                "huge_pages \"2M\" is not supported",
+            ),
+            (
+                r#""gdb_socket_path": "g""#,
+                "unknown field `gdb_socket_path`",
+            ),
+        ] {
+            let text = refusal("/machine-config", &format!("{{{base}, {extra}}}"));
+            assert!(text.contains(needle), "{extra}: {text}");
+        }
+    }
+
+    #[test]
+    fn drives_are_routed_with_their_id() {
+        use crate::config::DriveConfig;
+        use crate::preboot::DriveSpec;
+        let body = r#"{"drive_id": "rootfs", "path_on_host": "r.ext4", "is_root_device": true,
+                       "is_read_only": false, "cache_type": "Writeback", "io_engine": "Sync",
+                       "rate_limiter": {}}"#;
+        let expected = DriveSpec {
+            drive: DriveConfig {
+                id: "rootfs".into(),
+                path: "r.ext4".into(),
+                read_only: false,
+            },
+            is_root_device: true,
+        };
+        assert_eq!(
+            configure("PUT", "/drives/rootfs", body),
+            PrebootRequest::Drive(expected)
+        );
+        let text = refusal("/drives/other", body);
+        assert!(
+            text.contains("names drive_id `other` but the body says `rootfs`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn drive_settings_hiber_lacks_are_refused_by_name() {
+        let base = r#""drive_id": "d", "path_on_host": "p", "is_root_device": false"#;
+        for (extra, needle) in [
+            (
+                r#""is_read_only": true, "partuuid": "0eaa91a0-01""#,
+                "partuuid is not supported",
+            ),
+            (
+                r#""is_read_only": true, "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}"#,
+                "rate_limiter is not supported",
+            ),
+            (
+                r#""is_read_only": true, "io_engine": "Async""#,
+                "io_engine \"Async\" is not",
+            ),
+            (
+                r#""is_read_only": true, "socket": "vhost.sock""#,
+                "no vhost-user drives",
+            ),
+            (
+                r#""is_read_only": true, "cache_type": "None""#,
+                "unknown variant `None`",
+            ),
+            ("\"x\": 1", "unknown field `x`"),
+            (
+                r#""is_root_device": false"#,
+                "duplicate field `is_root_device`",
+            ),
+        ] {
+            let text = refusal("/drives/d", &format!("{{{base}, {extra}}}"));
+            assert!(text.contains(needle), "{extra}: {text}");
+        }
+        let text = refusal("/drives/d", &format!("{{{base}}}"));
+        assert!(text.contains("is_read_only is required"), "{text}");
+        let body = r#"{"drive_id": "d", "is_root_device": false, "is_read_only": true}"#;
+        assert!(refusal("/drives/d", body).contains("path_on_host is required"));
+    }
+
+    #[test]
+    fn network_interfaces_are_routed_and_checked() {
+        let body = r#"{"iface_id": "eth0", "host_dev_name": "tap0",
+                       "guest_mac": "02:fc:00:00:00:05", "rx_rate_limiter": {"bandwidth": null}}"#;
+        let PrebootRequest::Network(net) = configure("PUT", "/network-interfaces/eth0", body)
+        else {
+            panic!("not a network interface");
+        };
+        assert_eq!((net.id.as_str(), net.tap.as_str()), ("eth0", "tap0"));
+        assert_eq!(net.mac.unwrap().to_string(), "02:fc:00:00:00:05");
+        let base = r#""iface_id": "eth0", "host_dev_name": "tap0""#;
+        for (extra, needle) in [
+            (
+                r#""guest_mac": "03:00:00:00:00:01""#,
+                "guest_mac: MAC address",
+            ),
+            (
+                r#""tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}"#,
+                "tx_rate_limiter is not supported",
+            ),
+            (r#""mtu": 1400"#, "mtu is not supported"),
+        ] {
+            let text = refusal("/network-interfaces/eth0", &format!("{{{base}, {extra}}}"));
+            assert!(text.contains(needle), "{extra}: {text}");
+        }
+        let text = refusal("/network-interfaces/eth1", &format!("{{{base}}}"));
+        assert!(text.contains("names iface_id `eth1`"), "{text}");
+    }
+
+    #[test]
+    fn vsock_entropy_and_actions_are_routed() {
+        let body = r#"{"guest_cid": 3, "uds_path": "v.sock", "vsock_id": "vsock0"}"#;
+        let PrebootRequest::Vsock(v) = configure("PUT", "/vsock", body) else {
+            panic!("not a vsock");
+        };
+        assert_eq!((v.guest_cid, v.uds_path), (3, PathBuf::from("v.sock")));
+        assert!(refusal("/vsock", r#"{"guest_cid": -1, "uds_path": "v"}"#).contains("u32"));
+        assert_eq!(configure("PUT", "/entropy", "{}"), PrebootRequest::Entropy);
+        let limited = r#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#;
+        assert!(refusal("/entropy", limited).contains("rate_limiter is not supported"));
+        let start = r#"{"action_type": "InstanceStart"}"#;
+        assert_eq!(
+            parse("PUT", "/actions", start).unwrap(),
+            ApiRequest::InstanceStart
+        );
+        for (action, needle) in [
+            ("FlushMetrics", "no Firecracker metrics"),
+            ("SendCtrlAltDel", "no keyboard"),
+            ("Reboot", "unknown variant `Reboot`"),
+        ] {
+            let text = refusal("/actions", &format!(r#"{{"action_type": "{action}"}}"#));
+            assert!(text.contains(needle), "{action}: {text}");
+        }
+    }
+
+    #[test]
     fn unknown_paths_and_wrong_methods_are_told_apart() {
-        let err = parse("GET", "/machine-config", "").unwrap_err();
-        assert_eq!(err.status(), 404);
-        assert_eq!(err.allow(), None);
+        for path in [
+            "/balloon",
+            "/drives",
+            "/drives/",
+            "/drives/a/b",
+            "/network-interfaces",
+        ] {
+            let err = parse("PUT", path, "{}").unwrap_err();
+            assert_eq!((err.status(), err.allow()), (404, None), "{path}");
+        }
+        let err = parse("PATCH", "/machine-config", "{}").unwrap_err();
+        assert_eq!((err.status(), err.allow()), (405, Some("GET, PUT")));
+        let err = parse("GET", "/drives/d", "").unwrap_err();
+        assert_eq!((err.status(), err.allow()), (405, Some("PUT")));
         let err = parse("GET", "/vm", "").unwrap_err();
         assert_eq!((err.status(), err.allow()), (405, Some("PATCH")));
         let err = parse("get", "/", "").unwrap_err();
