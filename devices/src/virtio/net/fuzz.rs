@@ -3,58 +3,33 @@
 
 use std::os::unix::net::UnixDatagram;
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::GuestMemoryMmap;
-
 use super::{Net, RX_QUEUE, TX_QUEUE};
-use crate::virtio::test_utils::{activation, mock_queue, test_memory};
+use crate::virtio::test_utils::{activation, fuzz_layout, mock_queue, test_memory, FuzzBytes};
 use crate::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// The queue size of the fuzzed queues: small, so that the bytes decide
 /// most of each table.
 const FUZZ_QUEUE_SIZE: u16 = 16;
 
-/// Takes bytes from the fuzz input, zeros once it runs out.
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        let n = N.min(self.0.len());
-        out[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        out
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-}
-
-/// Runs the device over queues and frames made from `data`; it must never
-/// panic, whatever `data` holds.
+/// Runs the device over queues and frames made from `data` (a third for
+/// each queue, a third for the frames waiting on the pretend TAP); it must
+/// neither panic nor hang, whatever `data` holds.
 pub fn fuzz_queue(data: &[u8]) {
-    let mut input = Bytes(data);
+    let third = data.len() / 3;
+    let (rx_bytes, rest) = data.split_at(third);
+    let (tx_bytes, frame_bytes) = rest.split_at(third);
     let mem = test_memory();
     let rx = mock_queue(&mem, RX_QUEUE, FUZZ_QUEUE_SIZE);
     let tx = mock_queue(&mem, TX_QUEUE, FUZZ_QUEUE_SIZE);
-    lay_out(&rx, &mut input);
-    lay_out(&tx, &mut input);
+    fuzz_layout(&mem, &rx, FUZZ_QUEUE_SIZE, rx_bytes);
+    fuzz_layout(&mem, &tx, FUZZ_QUEUE_SIZE, tx_bytes);
     let Ok((host, device_end)) = UnixDatagram::pair() else {
         return;
     };
-    let _ = device_end.set_nonblocking(true);
-    let _ = host.set_nonblocking(true);
-    send_frames(&host, &mut input);
+    if device_end.set_nonblocking(true).is_err() || host.set_nonblocking(true).is_err() {
+        return;
+    }
+    send_frames(&host, frame_bytes);
 
     let Ok(mut net) = Net::with_backend("fuzz0", "fuzz-tap", None, Box::new(device_end)) else {
         return;
@@ -70,36 +45,11 @@ pub fn fuzz_queue(data: &[u8]) {
     let _ = net.reset();
 }
 
-/// Fills a queue's descriptor table and available ring from the input:
-/// addresses reach past guest memory, `next` past the table, and the
-/// available index may claim more entries than the ring has.
-fn lay_out(queue: &MockSplitQueue<'_, GuestMemoryMmap>, input: &mut Bytes) {
-    for i in 0..FUZZ_QUEUE_SIZE {
-        let addr = input.u64() % (3 << 19);
-        let len = input.u32() % 0x2_0000;
-        let flags = input.u16() & 0b111;
-        let next = input.u16() % (FUZZ_QUEUE_SIZE + 4);
-        let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-        let _ = queue.desc_table().store(i, desc);
-    }
-    let ring = queue.avail().ring();
-    for i in 0..FUZZ_QUEUE_SIZE as usize {
-        if let Ok(entry) = ring.ref_at(i) {
-            entry.store(input.u16() % (FUZZ_QUEUE_SIZE + 4));
-        }
-    }
-    queue
-        .avail()
-        .idx()
-        .store(input.u16() % (FUZZ_QUEUE_SIZE * 2));
-}
-
 /// Queues up to four frames of input-chosen sizes on the pretend TAP.
-fn send_frames(host: &UnixDatagram, input: &mut Bytes) {
-    let [count] = input.take::<1>();
-    for i in 0..count % 5 {
-        let len = input.u16() as usize % 3000;
-        let frame = vec![i; len];
-        let _ = host.send(&frame);
+fn send_frames(host: &UnixDatagram, data: &[u8]) {
+    let mut bytes = FuzzBytes(data);
+    for i in 0..bytes.u8() % 5 {
+        let len = bytes.u16() as usize % 3000;
+        let _ = host.send(&vec![i; len]);
     }
 }

@@ -440,31 +440,10 @@ fn a_missing_tap_or_a_bad_name_is_reported_with_the_fix() {
     assert!(cause.contains("not an interface name"), "{cause}");
 }
 
-/// A tiny xorshift generator, so the fuzz inputs need no dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
-fn the_fuzz_entry_point_survives_random_input() {
-    let mut rng = XorShift(0x5eed_1234_abcd_ef01);
-    for round in 0..300 {
-        let len = (rng.next() % 700) as usize;
-        let mut data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        if round % 3 == 0 {
-            // Mostly valid-looking descriptors: small addresses and lengths.
-            for b in data.iter_mut().skip(2).step_by(8) {
-                *b &= 0x0f;
-            }
-        }
-        fuzz_queue(&data);
+fn the_fuzz_entry_point_survives_pseudo_random_input() {
+    for input in crate::virtio::test_utils::pseudo_random_inputs(300, 900) {
+        fuzz_queue(&input);
     }
 }
 
