@@ -12,6 +12,24 @@
 //! | `PATCH /vm {"state": "Resumed"}`         | 204     | resume the vCPUs        |
 //! | `PUT /snapshot/create`                   | 204     | write a full snapshot   |
 //! | `PUT /snapshot/load`                     | 204     | restore a snapshot      |
+//! | `PUT /boot-source`                       | 204     | kernel, initrd, cmdline |
+//! | `GET /machine-config`                    | 200     | vCPUs and memory        |
+//! | `PUT /machine-config`                    | 204     | set vCPUs and memory    |
+//! | `PUT /drives/{drive_id}`                 | 204     | add or replace a drive  |
+//! | `PUT /network-interfaces/{iface_id}`     | 204     | add or replace a NIC    |
+//! | `PUT /vsock`                             | 204     | set the vsock device    |
+//! | `PUT /entropy`                           | 204     | the entropy device      |
+//! | `PUT /actions {"action_type": ...}`      | 204     | `InstanceStart` boots   |
+//!
+//! The pre-boot calls (`/boot-source` to `/entropy`) configure the guest of a
+//! `hiber run --api-sock PATH` process started without `--kernel`, starting
+//! from the values of its command line; `InstanceStart` boots it. A second
+//! `PUT` of a drive or interface id replaces it; a root drive becomes the
+//! first drive (vda) and adds `root=/dev/vda ro|rw` to the command line.
+//! After `InstanceStart` or a snapshot load they answer 400, and a snapshot
+//! load is refused once the guest has been configured. `PUT /snapshot/load`
+//! takes Firecracker's `network_overrides` (each with an optional `guest_mac`,
+//! Hiber's addition) and `vsock_override`.
 //!
 //! Every failure carries `{"fault_message": "..."}`. Status codes: 400 for a
 //! malformed request, a body of the wrong shape, an unknown field or an
@@ -34,9 +52,16 @@
 //! - Only `Content-Length` bodies; chunked request bodies are refused (501).
 //! - Only full snapshots with a file memory backend: `"Diff"` snapshots, dirty
 //!   page tracking and the `"Uffd"` backend are refused with 400.
-//! - Firecracker's pre-boot configuration resources (`/machine-config`,
-//!   `/boot-source`, `/drives`, `/actions`, ...) do not exist: Hiber is
-//!   configured on its command line.
+//! - Of the pre-boot settings, these are refused with 400 and a message that
+//!   says so: `smt`, `track_dirty_pages`, CPU templates, huge pages, rate
+//!   limiters, `partuuid`, vhost-user drives (`socket`), `io_engine` `Async`
+//!   and `mtu`. `cache_type` may be `Unsafe` or `Writeback`: Hiber honours
+//!   every flush either way.
+//! - Actions: `SendCtrlAltDel` is refused (Hiber's i8042 has no keyboard;
+//!   `reboot` in the guest ends Hiber) and so is `FlushMetrics` (no metrics).
+//! - Not served: `PATCH /machine-config`, `PATCH /drives/...` and
+//!   `PATCH /network-interfaces/...`, `/balloon`, `/cpu-config`, `/logger`,
+//!   `/metrics`, `/mmds`, `/pmem`, `/serial`, `/memory-hotplug`.
 //! - After [`ApiServer::shutdown`], connections that are open finish their
 //!   current request; an idle one lingers until its idle timeout or until
 //!   the process exits.
