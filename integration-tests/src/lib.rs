@@ -7,6 +7,7 @@
 pub mod console;
 pub mod fixture;
 pub mod measure;
+pub mod netns;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};
