@@ -1,0 +1,251 @@
+//! Block figures inside the guest: `hiber-blkbench` on the raw virtio disk
+//! (/dev/vda, O_DIRECT, one request at a time), the same image file under
+//! Hiber and under QEMU's virtio-mmio `microvm`.
+//!
+//! Both VMMs serve the image through the host page cache (Hiber reads and
+//! writes the file without O_DIRECT; QEMU runs with `cache=writeback`), and
+//! the image is written just before the runs, so the figures are those of
+//! the virtio path and the VMM, not of the host's disk.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use integration_tests::{scratch_dir, Vmm};
+
+use crate::boot::boot_hiber;
+use crate::qemu::{Machine, QemuGuest};
+use crate::{median, AgentShell, BOOT_TIMEOUT, STEP};
+
+/// The image both VMMs get.
+const IMAGE_MIB: usize = 256;
+/// Each mode runs this many times in one boot; the median is printed.
+const REPEATS: usize = 3;
+
+/// What the setups do differently, printed with the figures.
+const SETUPS: &str = "hiber: its own board, virtio-mmio, one queue of 256, requests served \
+    in order on the device thread with pread/pwrite | qemu: microvm (qboot firmware, no PIT, PIC \
+    or RTC), virtio-blk-device, cache=writeback, aio=threads, no iothread";
+
+/// One `hiber-blkbench` mode and how much it moves.
+struct Mode {
+    name: &'static str,
+    mib: u32,
+    /// 4 KiB random requests, reported as IOPS; else 1 MiB sequential, as MB/s.
+    random: bool,
+}
+
+const MODES: [Mode; 4] = [
+    Mode {
+        name: "seqread",
+        mib: 64,
+        random: false,
+    },
+    Mode {
+        name: "randread",
+        mib: 2,
+        random: true,
+    },
+    Mode {
+        name: "seqwrite",
+        mib: 64,
+        random: false,
+    },
+    Mode {
+        name: "randwrite",
+        mib: 2,
+        random: true,
+    },
+];
+
+/// One line of `hiber-blkbench` output.
+#[derive(Debug, PartialEq, Eq)]
+struct BlkRun {
+    bytes: u64,
+    ns: u64,
+    ops: u64,
+}
+
+impl BlkRun {
+    /// MB/s (decimal megabytes) for a sequential mode, IOPS for a random one.
+    fn figure(&self, random: bool) -> f64 {
+        let secs = self.ns as f64 / 1e9;
+        if random {
+            self.ops as f64 / secs
+        } else {
+            self.bytes as f64 / 1e6 / secs
+        }
+    }
+}
+
+/// Finds `hiber-blkbench: MODE key=value ...` in `output`.
+fn parse_line(output: &str, mode: &str) -> Result<BlkRun, String> {
+    let prefix = format!("hiber-blkbench: {mode} ");
+    let line = output
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .ok_or_else(|| format!("no '{prefix}...' line in the guest's output:\n{output}"))?;
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("no number {key}= in '{line}'"))
+    };
+    let run = BlkRun {
+        bytes: field("bytes")?,
+        ns: field("ns")?,
+        ops: field("ops")?,
+    };
+    if run.ns == 0 || run.ops == 0 {
+        return Err(format!("'{line}' timed nothing"));
+    }
+    Ok(run)
+}
+
+/// Writes a raw image of `mib` MiB of pseudo-random bytes (not zeros, so
+/// that reads move real data).
+fn make_image(path: &Path, mib: usize) -> io::Result<()> {
+    let mut file = io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all(&chunk)?;
+    }
+    file.into_inner()?.sync_all()
+}
+
+/// Runs every mode `REPEATS` times; the median figure of each mode.
+fn measure(guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
+    let mut figures = Vec::new();
+    for mode in &MODES {
+        let mut runs = Vec::new();
+        for _ in 0..REPEATS {
+            let cmd = format!("hiber-blkbench /dev/vda {} {}", mode.name, mode.mib);
+            let r = guest.run(&cmd, STEP)?;
+            if r.status != 0 {
+                return Err(format!("'{cmd}' exited with {}:\n{}", r.status, r.output));
+            }
+            runs.push(parse_line(&r.output, mode.name)?.figure(mode.random));
+        }
+        figures.push(median(runs));
+    }
+    Ok(figures)
+}
+
+fn measure_hiber(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
+    let drive = format!("path={}", image.display());
+    let (vmm, _) = boot_hiber(dir, &["--drive", &drive]);
+    let figures = measure(&vmm);
+    Vmm::kill(vmm);
+    figures
+}
+
+fn measure_qemu(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
+    let drive = format!(
+        "id=d0,file={},format=raw,if=none,cache=writeback,aio=threads",
+        image.display()
+    );
+    let extra = ["-drive", &drive, "-device", "virtio-blk-device,drive=d0"].map(String::from);
+    let qemu = QemuGuest::spawn(Machine::Microvm, &extra, dir)
+        .ok_or("qemu-system-x86_64 is missing or did not start")?;
+    qemu.wait_for("hiber-agent: listening", BOOT_TIMEOUT)?;
+    measure(&qemu)
+}
+
+fn print_figures(hiber: &Result<Vec<f64>, String>, qemu: &Result<Vec<f64>, String>) {
+    for (i, mode) in MODES.iter().enumerate() {
+        let (unit, block) = if mode.random {
+            ("IOPS", "4 KiB")
+        } else {
+            ("MB/s", "1 MiB")
+        };
+        let cell = |r: &Result<Vec<f64>, String>| match r {
+            Ok(f) => format!("{:>8.1} {unit}", f[i]),
+            Err(_) => format!("{:>8} {unit}", "-"),
+        };
+        let ratio = match (hiber, qemu) {
+            (Ok(h), Ok(q)) => format!(" | qemu/hiber {:.2}x", q[i] / h[i]),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<9} {block}, {:>2} MiB: hiber {} | qemu {}{ratio}",
+            mode.name,
+            mode.mib,
+            cell(hiber),
+            cell(qemu)
+        );
+    }
+    for (name, r) in [("hiber", hiber), ("qemu", qemu)] {
+        if let Err(e) = r {
+            println!("  {name}: not measured: {e}");
+        }
+    }
+}
+
+/// The block comparison.
+pub fn section() {
+    println!(
+        "block (hiber-blkbench on /dev/vda, O_DIRECT, queue depth 1, a {IMAGE_MIB} MiB raw \
+         image in the host page cache; 128 MiB, 1 vCPU; median of {REPEATS} runs in one boot):"
+    );
+    println!("  setups: {SETUPS}");
+    let dir = scratch_dir("bench-block");
+    let image = dir.join("disk.img");
+    if let Err(e) = make_image(&image, IMAGE_MIB) {
+        println!(
+            "  not measured: cannot write the image {}: {e}",
+            image.display()
+        );
+        return;
+    }
+    let hiber = measure_hiber(&dir, &image);
+    let qemu = measure_qemu(&dir, &image);
+    print_figures(&hiber, &qemu);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blkbench_line_is_parsed_among_other_output() {
+        let out = "noise\nhiber-blkbench: seqread bytes=2097152 ns=1000000 ops=2 block=1048576 \
+                   flush_ns=0\n";
+        let run = parse_line(out, "seqread").unwrap();
+        assert_eq!(
+            run,
+            BlkRun {
+                bytes: 2 << 20,
+                ns: 1_000_000,
+                ops: 2
+            }
+        );
+        assert!((run.figure(false) - 2097.152).abs() < 1e-9);
+        assert!((run.figure(true) - 2000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_missing_or_broken_line_is_an_error() {
+        assert!(parse_line("hiber-blkbench: seqwrite bytes=1 ns=1 ops=1", "seqread").is_err());
+        assert!(parse_line("hiber-blkbench: seqread bytes=x ns=1 ops=1", "seqread").is_err());
+        assert!(parse_line("hiber-blkbench: seqread bytes=1 ns=0 ops=1", "seqread").is_err());
+    }
+
+    #[test]
+    fn the_image_is_filled_with_data() {
+        let dir = std::env::temp_dir().join(format!("hiber-bench-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.img");
+        make_image(&path, 2).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(bytes.len(), 2 << 20);
+        assert!(bytes.chunks(4096).all(|page| page.iter().any(|&b| b != 0)));
+        assert_ne!(bytes[..4096], bytes[1 << 20..(1 << 20) + 4096]);
+    }
+}
