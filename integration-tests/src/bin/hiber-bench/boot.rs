@@ -23,6 +23,12 @@ pub struct BootFigures {
     guest_kb: u64,
 }
 
+impl BootFigures {
+    fn ready_secs(&self) -> f64 {
+        self.ready.as_secs_f64()
+    }
+}
+
 /// Boots the test guest under Hiber with `extra` flags and waits for the
 /// console agent; panics with the log if it does not come up.
 pub fn boot_hiber(dir: &Path, extra: &[&str]) -> (Vmm, BootFigures) {
@@ -76,7 +82,7 @@ fn print_ratio(hiber: &[BootFigures], qemu: &[BootFigures]) {
     if qemu.is_empty() {
         return;
     }
-    let ready = |runs: &[BootFigures]| median(runs.iter().map(|f| f.ready.as_secs_f64()).collect());
+    let ready = |runs: &[BootFigures]| median(runs.iter().map(|f| f.ready_secs()).collect());
     let rss = |runs: &[BootFigures]| median(runs.iter().map(|f| f.vmm_kb as f64).collect());
     println!(
         "  medians: hiber {:.2} s, qemu {:.2} s to ready; qemu/hiber: time {:.2}x, \

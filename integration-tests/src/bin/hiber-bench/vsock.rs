@@ -243,7 +243,8 @@ mod tests {
 
     #[test]
     fn a_refused_handshake_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("hiber-bench-vsock-no-{}", std::process::id()));
+        let name = format!("hiber-bench-vsock-no-{}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("v.sock");
         let listener = UnixListener::bind(&path).unwrap();
