@@ -193,6 +193,12 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
             Machine::boot(config, kvm, quirks, console.sink(), args.paused).map_err(classify)?;
         Some(m)
     } else {
+        if !(args.drives.is_empty() && args.nets.is_empty() && args.vsock.is_none()) {
+            log::info!(
+                "the device flags configure a guest started with InstanceStart; a snapshot \
+                 load brings its own devices (use network_overrides to change TAPs)"
+            );
+        }
         preboot = Some(Preboot {
             pending: PendingConfig::new(config),
             quirk_mode: quirk_mode(&args.host),
