@@ -62,12 +62,67 @@ pub fn report(
         "vcpus": saved.vcpus.iter().map(vcpu_json).collect::<Vec<_>>(),
         "vm": vm_json(&saved.vm),
         "devices": serde_json::to_value(&saved.devices).unwrap_or_default(),
+        "virtio": saved.virtio.iter().map(virtio_json).collect::<Vec<_>>(),
         "memory": {
             "file_size": saved.memory.file_size,
             "regions": serde_json::to_value(&saved.memory.regions).unwrap_or_default(),
             "file": mem_file,
         },
     }))
+}
+
+fn virtio_json(d: &crate::virtio::VirtioDeviceState) -> Value {
+    let t = &d.transport;
+    let queues: Vec<Value> = t
+        .queues
+        .iter()
+        .map(|q| {
+            json!({"size": q.size, "ready": q.ready, "next_avail": q.next_avail,
+                   "next_used": q.next_used, "desc_table": q.desc_table})
+        })
+        .collect();
+    let (kind, device) = match serde_json::to_value(&d.device).unwrap_or_default() {
+        Value::Object(m) => m.into_iter().next().unwrap_or((String::new(), Value::Null)),
+        other => (String::new(), other),
+    };
+    json!({
+        "type": kind,
+        "window": d.window,
+        "mmio_addr": crate::boot::layout::virtio_mmio_addr(d.window).map(|a| a.0),
+        "irq": d.irq,
+        "status": t.status,
+        "activated": t.activated,
+        "acked_features": t.acked_features,
+        "interrupt_status": t.interrupt_status,
+        "queues": queues,
+        "device": device,
+    })
+}
+
+fn render_virtio(out: &mut String, v: &Value) {
+    let _ = writeln!(
+        out,
+        "virtio {} at {:#x}, line {}: status {:#x}{}, features {:#x}, interrupt status {}",
+        v["type"].as_str().unwrap_or("?"),
+        v["mmio_addr"].as_u64().unwrap_or(0),
+        v["irq"],
+        v["status"].as_u64().unwrap_or(0),
+        if v["activated"].as_bool() == Some(true) {
+            " (active)"
+        } else {
+            ""
+        },
+        v["acked_features"].as_u64().unwrap_or(0),
+        v["interrupt_status"]
+    );
+    for (i, q) in v["queues"].as_array().into_iter().flatten().enumerate() {
+        let _ = writeln!(
+            out,
+            "  queue {i}: size {}, ready {}, next avail {}, next used {}",
+            q["size"], q["ready"], q["next_avail"], q["next_used"]
+        );
+    }
+    let _ = writeln!(out, "  state {}", v["device"]);
 }
 
 fn vm_json(vm: &crate::vstate::vm::VmState) -> Value {
@@ -219,6 +274,9 @@ pub fn render(r: &Value) -> String {
     }
     let _ = writeln!(out, "vm {}", r["vm"]);
     let _ = writeln!(out, "devices {}", r["devices"]);
+    for v in r["virtio"].as_array().into_iter().flatten() {
+        render_virtio(&mut out, v);
+    }
     let m = &r["memory"];
     let _ = writeln!(out, "memory file of {}", mib(&m["file_size"]));
     for region in m["regions"].as_array().into_iter().flatten() {

@@ -306,7 +306,7 @@ impl SavedMachine {
             vm: file.section(sections::VM)?,
             vcpus: file.sections_named(sections::VCPU)?,
             devices: file.section(sections::DEVICES)?,
-            virtio: file.section(sections::VIRTIO)?,
+            virtio: read_virtio(&file)?,
         };
         // `sections_named` refuses a file without any "vcpu" section.
         Ok(saved)
@@ -326,6 +326,16 @@ impl SavedMachine {
         })?;
         w.write_atomic(path)?;
         Ok(())
+    }
+}
+
+/// The `virtio` section; a snapshot written before Hiber had virtio devices
+/// has none, which means exactly that: no virtio devices.
+fn read_virtio(file: &StateFile) -> Result<Vec<VirtioDeviceState>, PersistError> {
+    if file.sections().iter().any(|s| s.name() == sections::VIRTIO) {
+        Ok(file.section(sections::VIRTIO)?)
+    } else {
+        Ok(Vec::new())
     }
 }
 
@@ -359,10 +369,12 @@ pub fn restore(
     virtio::check_overrides(&config, &opts).map_err(MachineError::Virtio)?;
     let virtio =
         VirtioDevices::restore(&vm, &mem, &saved.virtio, &opts).map_err(MachineError::Virtio)?;
-    virtio.replay_pending_interrupts();
     virtio::apply_overrides(&mut config, &opts);
     let vcpus = restore_vcpus(&vm, &saved.vcpus)?;
     vm.restore_clock(&saved.vm).map_err(MachineError::Vm)?;
+    // After the LAPICs are back: restoring a LAPIC replaces its pending
+    // interrupts, so an earlier pulse would be lost.
+    virtio.replay_pending_interrupts();
 
     let parts = Parts {
         config,

@@ -14,7 +14,10 @@ mod slot;
 use std::sync::{Arc, Mutex};
 
 use devices::mmio_bus::{MmioBus, MmioBusError};
+use devices::virtio::block::{Block, BlockState};
+use devices::virtio::net::{Net, NetState};
 use devices::virtio::rng::{Rng, RngState};
+use devices::virtio::vsock::{Vsock, VsockState};
 use devices::virtio::VirtioDevice;
 use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
@@ -92,6 +95,12 @@ pub enum VirtioError {
 /// What a device saves, by device type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
+    /// virtio-blk.
+    Block(BlockState),
+    /// virtio-net.
+    Net(NetState),
+    /// virtio-vsock.
+    Vsock(VsockState),
     /// virtio-rng.
     Rng(RngState),
 }
@@ -117,12 +126,18 @@ pub struct VirtioDevices {
 
 /// A device not yet wired, with where it goes.
 enum Pending {
+    Block(Block),
+    Net(Net),
+    Vsock(Vsock),
     Rng(Rng),
 }
 
 impl Pending {
     fn name(&self) -> String {
         match self {
+            Pending::Block(d) => d.name(),
+            Pending::Net(d) => d.name(),
+            Pending::Vsock(d) => d.name(),
             Pending::Rng(d) => d.name(),
         }
     }
@@ -241,6 +256,20 @@ impl VirtioDevices {
 /// The devices `config` asks for, in placement order.
 fn fresh_devices(config: &MachineConfig) -> Result<Vec<Pending>, VirtioError> {
     let mut out = Vec::new();
+    for d in &config.drives {
+        let dev = Block::new(&d.id, &d.path, d.read_only).map_err(|e| create_error(&d.id, &e))?;
+        out.push(Pending::Block(dev));
+    }
+    for n in &config.nets {
+        let mac = n.mac.map(|m| m.0);
+        let dev = Net::new(&n.id, &n.tap, mac).map_err(|e| create_error(&n.id, &e))?;
+        out.push(Pending::Net(dev));
+    }
+    if let Some(v) = &config.vsock {
+        let dev = Vsock::new(u64::from(v.guest_cid), &v.uds_path)
+            .map_err(|e| create_error("vsock", &e))?;
+        out.push(Pending::Vsock(dev));
+    }
     if config.entropy {
         out.push(Pending::Rng(Rng::new()));
     }
@@ -260,6 +289,9 @@ fn wire_fresh(
         place.irq
     );
     match dev {
+        Pending::Block(d) => slot::wire(vm, mem, place, d, None),
+        Pending::Net(d) => slot::wire(vm, mem, place, d, None),
+        Pending::Vsock(d) => slot::wire(vm, mem, place, d, None),
         Pending::Rng(d) => slot::wire(vm, mem, place, d, None),
     }
 }
@@ -269,12 +301,44 @@ fn wire_saved(
     mem: &GuestMemoryMmap,
     place: Placement,
     state: &VirtioDeviceState,
-    _opts: &RestoreOptions,
-    _index: usize,
+    opts: &RestoreOptions,
+    index: usize,
 ) -> Result<(Box<dyn Slot>, device_loop::Subscriber), VirtioError> {
     let transport = Some(&state.transport);
+    let bad = |e: &dyn std::error::Error| VirtioError::BadState {
+        index,
+        reason: crate::api::error_chain(e),
+    };
     match &state.device {
+        DeviceState::Block(s) => {
+            let dev = Block::restore(s).map_err(|e| bad(&e))?;
+            slot::wire(vm, mem, place, dev, transport)
+        }
+        DeviceState::Net(s) => {
+            let o = opts.net_overrides.iter().find(|o| o.iface_id == s.id);
+            let tap = o.map(|o| o.host_dev_name.as_str());
+            let mac = o.and_then(|o| o.guest_mac).map(|m| m.0);
+            let dev = Net::restore(s, tap, mac).map_err(|e| bad(&e))?;
+            let changed_mac = mac.is_some() && mac != s.mac;
+            let wired = slot::wire(vm, mem, place, dev, transport)?;
+            if changed_mac {
+                wired.0.notify_config_change();
+            }
+            Ok(wired)
+        }
+        DeviceState::Vsock(s) => {
+            let uds = opts.vsock_uds_override.as_deref();
+            let dev = Vsock::restore(s, uds).map_err(|e| bad(&e))?;
+            slot::wire(vm, mem, place, dev, transport)
+        }
         DeviceState::Rng(s) => slot::wire(vm, mem, place, Rng::restore(s), transport),
+    }
+}
+
+fn create_error(device: &str, e: &dyn std::error::Error) -> VirtioError {
+    VirtioError::Create {
+        device: device.to_string(),
+        reason: crate::api::error_chain(e),
     }
 }
 
@@ -322,6 +386,24 @@ pub fn apply_overrides(config: &mut MachineConfig, opts: &RestoreOptions) {
 pub trait SaveDevice {
     /// The device's state.
     fn device_state(&self) -> DeviceState;
+}
+
+impl SaveDevice for Block {
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Block(self.save())
+    }
+}
+
+impl SaveDevice for Net {
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Net(self.save())
+    }
+}
+
+impl SaveDevice for Vsock {
+    fn device_state(&self) -> DeviceState {
+        DeviceState::Vsock(self.save())
+    }
 }
 
 impl SaveDevice for Rng {

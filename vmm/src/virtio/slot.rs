@@ -54,6 +54,8 @@ pub trait Slot: Send {
     fn quiesce(&self) -> Result<(), VirtioError>;
     /// Raises a pending interrupt again after a restore.
     fn replay_pending_interrupt(&self);
+    /// Tells the driver the configuration space changed.
+    fn notify_config_change(&self);
 }
 
 struct Placed<D: VirtioDevice> {
@@ -104,6 +106,10 @@ impl<D: VirtioDevice + SaveDevice + 'static> Slot for Placed<D> {
 
     fn replay_pending_interrupt(&self) {
         self.transport.lock().unwrap().replay_pending_interrupt();
+    }
+
+    fn notify_config_change(&self) {
+        self.transport.lock().unwrap().notify_config_change();
     }
 }
 
