@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the guest's userspace into the directory given as $2:
-#   initramfs.cpio  busybox, /init, the console agent and hiber-workload
+#   initramfs.cpio  busybox, /init, the console agent, hiber-workload and
+#                   hiber-vsock-agent
 #   data.ext4       a small ext4 disk holding hello.txt
 # $1 is the kernel directory (for its gen_init_cpio).
 set -eu
@@ -12,9 +13,11 @@ work="$dest/work"
 rootfs="$GI_DIR/rootfs"
 
 compile_workload() {
-	gcc -static -O2 -Wall -Wextra -Werror -o "$work/hiber-workload" \
-		"$GI_DIR/workload/hiber-workload.c"
-	strip "$work/hiber-workload"
+	for prog in hiber-workload hiber-vsock-agent; do
+		gcc -static -O2 -Wall -Wextra -Werror -o "$work/$prog" \
+			"$GI_DIR/workload/$prog.c"
+		strip "$work/$prog"
+	done
 }
 
 # Copies every file of the image into $work/stage with one fixed mtime
@@ -22,8 +25,8 @@ compile_workload() {
 stage_files() {
 	mkdir -p "$work/stage"
 	cp "$BUSYBOX_BINARY" "$work/stage/busybox"
-	cp "$work/hiber-workload" "$rootfs/init" "$rootfs/agent.sh" \
-		"$rootfs/etc/fstab" "$work/stage/"
+	cp "$work/hiber-workload" "$work/hiber-vsock-agent" "$rootfs/init" \
+		"$rootfs/agent.sh" "$rootfs/etc/fstab" "$work/stage/"
 	touch -d @0 "$work/stage"/*
 }
 
@@ -44,6 +47,7 @@ dir /bin 0755 0 0
 file /bin/busybox $stage/busybox 0755 0 0
 slink /bin/sh busybox 0777 0 0
 file /bin/hiber-workload $stage/hiber-workload 0755 0 0
+file /bin/hiber-vsock-agent $stage/hiber-vsock-agent 0755 0 0
 dir /lib 0755 0 0
 dir /lib/hiber 0755 0 0
 file /lib/hiber/agent.sh $stage/agent.sh 0644 0 0
