@@ -17,5 +17,6 @@ if [ ! -e /dev/kvm ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q qemu-system-x86 python3
+# iproute2: the network tests make namespaces and TAPs of their own.
+apt-get install -y -q qemu-system-x86 python3 iproute2
 ./guest-images/install-deps.sh
