@@ -485,8 +485,22 @@ pub fn firecracker_vm_config(c: &MachineConfig) -> serde_json::Value {
             "smt": false,
             "track_dirty_pages": false,
         },
-        "drives": [],
-        "network-interfaces": [],
+        "drives": c.drives.iter().enumerate().map(|(i, d)| serde_json::json!({
+            "drive_id": d.id,
+            "path_on_host": d.path,
+            "is_read_only": d.read_only,
+            "is_root_device": i == 0 && c.cmdline.split(' ').any(|w| w == "root=/dev/vda"),
+        })).collect::<Vec<_>>(),
+        "network-interfaces": c.nets.iter().map(|n| serde_json::json!({
+            "iface_id": n.id,
+            "host_dev_name": n.tap,
+            "guest_mac": n.mac.map(|m| m.to_string()),
+        })).collect::<Vec<_>>(),
+        "vsock": c.vsock.as_ref().map(|v| serde_json::json!({
+            "guest_cid": v.guest_cid,
+            "uds_path": v.uds_path,
+        })),
+        "entropy": c.entropy.then(|| serde_json::json!({})),
         "console": c.console.to_string(),
     })
 }
