@@ -12,6 +12,20 @@
 //!
 //! What is saved is [`NetState`]; the transport saves the queues. A frame
 //! waiting for a guest rx buffer at snapshot time is not saved.
+//!
+//! Limitations, each with what would lift it:
+//! - No offloads (checksum, TSO, UFO) and no mergeable rx buffers: every
+//!   frame costs the guest a full checksum and a ring entry per MTU.
+//!   Offering VIRTIO_NET_F_CSUM/GUEST_CSUM and the TSO bits, with
+//!   TUNSETOFFLOAD set to what the driver accepted, would lift it.
+//! - One queue pair (no VIRTIO_NET_F_MQ), no control queue, and so no
+//!   receive filtering and no MAC change from the guest.
+//! - The link is always reported up, whatever the TAP's carrier.
+//! - A MAC override at restore changes the configuration space only; a
+//!   running guest keeps the address its driver read at probe time.
+//! - Frames in flight are not part of a snapshot: the one waiting for an rx
+//!   buffer is dropped, as is whatever the host sends while no process
+//!   holds the TAP (between the snapshot and the restore). TCP resends.
 
 mod backend;
 mod chain;
