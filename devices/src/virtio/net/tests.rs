@@ -131,6 +131,22 @@ fn rx_writes_a_frame_with_num_buffers_one_and_signals() {
 }
 
 #[test]
+fn no_interrupt_when_the_driver_suppresses_them() {
+    let mem = test_memory();
+    let (rx, tx) = (mock_queue(&mem, 0, 16), mock_queue(&mem, 1, 16));
+    rx.add_desc_chains(&[writable(0x8_0000, 256)], 0).unwrap();
+    // VRING_AVAIL_F_NO_INTERRUPT in the available ring's flags.
+    mem.write_obj(1u16, rx.avail_addr()).unwrap();
+    let (mut net, host, irq) = started(&mem, &rx, &tx, None);
+    host.send(&tap_frame(b"quiet")).unwrap();
+
+    net.process_backend(0, EventSet::IN);
+
+    assert_eq!(used_count(&rx), 1);
+    assert!(irq.read().is_err(), "the driver asked for no interrupt");
+}
+
+#[test]
 fn an_rx_frame_waits_for_a_buffer_then_reading_goes_on() {
     let mem = test_memory();
     let (rx, tx) = (mock_queue(&mem, 0, 16), mock_queue(&mem, 1, 16));
