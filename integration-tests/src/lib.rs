@@ -9,6 +9,7 @@ pub mod fixture;
 pub mod measure;
 pub mod netns;
 pub mod vmm;
+pub mod vsock;
 
 use std::path::{Path, PathBuf};
 

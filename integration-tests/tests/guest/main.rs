@@ -10,6 +10,7 @@ use integration_tests::{base_snapshot, scratch_dir, Vmm};
 mod cli_errors;
 mod preboot_api;
 mod refusals;
+mod vsock;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 const TICK_TIMEOUT: Duration = Duration::from_secs(60);
