@@ -7,10 +7,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::TX_BUF_SIZE;
 use super::packet::{op, Header, HDR_LEN, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_SEND};
@@ -59,6 +62,7 @@ struct Harness {
     next_desc: [u16; 3],
     seen_used: [u16; 3],
     rx_addrs: HashMap<u16, u64>,
+    irq: Option<EventFd>,
 }
 
 impl Harness {
@@ -80,13 +84,20 @@ impl Harness {
             next_desc: [0; 3],
             seen_used: [0; 3],
             rx_addrs: HashMap::new(),
+            irq: None,
         }
     }
 
     fn activate(&mut self) {
         let refs: Vec<&MockSplitQueue<'_, GuestMemoryMmap>> = self.mocks.iter().collect();
-        let (active, _evt) = activation(self.mem, &refs, VIRTIO_F_VERSION_1);
+        let (active, evt) = activation(self.mem, &refs, VIRTIO_F_VERSION_1);
         self.dev.activate(active).unwrap();
+        self.irq = Some(evt);
+    }
+
+    /// How many interrupts were raised since the last call.
+    fn interrupts(&self) -> u64 {
+        self.irq.as_ref().unwrap().read().unwrap_or(0)
     }
 
     fn active(name: &str) -> Harness {
@@ -617,6 +628,25 @@ fn the_configuration_space_holds_the_cid() {
     assert_eq!(h.dev.avail_features(), VIRTIO_F_VERSION_1);
     assert_eq!(h.dev.queue_max_sizes(), [256, 256, 256]);
     assert_eq!(h.dev.device_type(), 19);
+}
+
+#[test]
+fn interrupts_follow_the_drivers_no_interrupt_flag() {
+    let mut h = Harness::active("no-interrupt");
+    h.interrupts();
+    h.send(ghdr(op::RW, 1, 2), &[]);
+    assert!(
+        h.interrupts() > 0,
+        "used tx and rx buffers raise the interrupt"
+    );
+    for q in [RX_QUEUE, TX_QUEUE] {
+        let flags = VRING_AVAIL_F_NO_INTERRUPT as u16;
+        let at = h.mocks[q].avail_addr();
+        h.mem.write_obj(flags, at).unwrap();
+    }
+    h.send(ghdr(op::RW, 1, 2), &[]);
+    assert_eq!(h.received().len(), 2, "both RSTs were delivered");
+    assert_eq!(h.interrupts(), 0, "the driver polls: no interrupt");
 }
 
 #[test]
