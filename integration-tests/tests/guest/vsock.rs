@@ -25,6 +25,8 @@ use super::CMD_TIMEOUT;
 const HOST_PORT: u32 = 5000;
 /// Timed 1-byte echo round trips.
 const ROUND_TRIPS: usize = 20;
+/// Bytes of the bulk echo: four times the device's and the guest's buffers.
+const BULK_BYTES: usize = 1 << 20;
 
 /// The Unix socket a guest connection to host `port` reaches.
 fn host_listener_path(uds: &Path, port: u32) -> PathBuf {
@@ -105,6 +107,22 @@ fn echo_round_trips(uds: &Path) -> Duration {
     times[ROUND_TRIPS / 2]
 }
 
+/// Echoes `BULK_BYTES` with the host writing and reading at once (credit
+/// flow control must keep both directions going); returns MiB/s each way.
+fn bulk_echo(uds: &Path) -> f64 {
+    let s = vsock::connect_retrying(uds, ECHO_PORT, CMD_TIMEOUT).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let data: Vec<u8> = (0..BULK_BYTES).map(|i| (i % 253) as u8).collect();
+    let expected = data.clone();
+    let t = Instant::now();
+    let sender = std::thread::spawn(move || writer.write_all(&data).unwrap());
+    let mut back = vec![0u8; BULK_BYTES];
+    (&s).read_exact(&mut back).unwrap();
+    sender.join().unwrap();
+    assert!(back == expected, "the bulk echo differs from what was sent");
+    BULK_BYTES as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+}
+
 #[test]
 fn vsock_commands_echo_and_guest_connections_survive_a_restore_on_a_new_socket() {
     let dir = scratch_dir("vsock");
@@ -126,6 +144,8 @@ fn vsock_commands_echo_and_guest_connections_survive_a_restore_on_a_new_socket()
 
     let median = echo_round_trips(&uds);
     eprintln!("vsock echo: median 1-byte round trip {median:?} over {ROUND_TRIPS}");
+    let rate = bulk_echo(&uds);
+    eprintln!("vsock bulk echo: {BULK_BYTES} bytes each way at {rate:.2} MiB/s");
     guest_initiated_connection(&vmm, &uds, "ping-from-guest");
 
     // A connection left open across the snapshot: the restored guest must
