@@ -506,3 +506,87 @@ fn read_retrying(stream: &mut UnixStream, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(op: u16) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 52,
+            dst_port: 1 << 30,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: 4096,
+            ..Header::default()
+        }
+    }
+
+    fn host_initiated() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (Connection::host_init(ours, 3, 1 << 30, 52), theirs)
+    }
+
+    #[test]
+    fn an_unanswered_request_times_out_with_a_reset() {
+        let (mut c, _host) = host_initiated();
+        let req = c.next_packet(4096).unwrap();
+        assert_eq!((req.hdr.op, req.hdr.dst_port), (op::REQUEST, 52));
+        let expiry = c.expiry().expect("a request waits for an answer");
+        c.check_expiry(expiry - Duration::from_millis(1));
+        assert!(!c.has_pending(), "not yet expired");
+        c.check_expiry(expiry);
+        assert_eq!(c.next_packet(4096).unwrap().hdr.op, op::RST);
+        assert_eq!(c.state(), ConnState::Closed);
+        assert!(c.next_packet(4096).is_none());
+    }
+
+    #[test]
+    fn the_guests_response_writes_ok_to_the_host() {
+        let (mut c, mut host) = host_initiated();
+        c.next_packet(4096);
+        c.on_guest_packet(&guest(op::RESPONSE), &[]);
+        assert_eq!(c.state(), ConnState::Established);
+        assert_eq!(c.expiry(), None);
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"OK 1073741824\n");
+        assert_eq!(c.wanted_events(), Some(EventSet::IN));
+    }
+
+    #[test]
+    fn a_host_that_leaves_before_the_request_went_out_owes_nothing() {
+        let (mut c, host) = host_initiated();
+        drop(host);
+        c.on_host_event(EventSet::HANG_UP);
+        assert_eq!(c.state(), ConnState::Closed);
+        assert!(c.next_packet(4096).is_none());
+    }
+
+    #[test]
+    fn data_before_the_response_is_a_protocol_error() {
+        let (mut c, _host) = host_initiated();
+        c.next_packet(4096);
+        c.on_guest_packet(&guest(op::RW), b"early");
+        assert_eq!(c.next_packet(4096).unwrap().hdr.op, op::RST);
+    }
+
+    #[test]
+    fn credit_survives_counter_wrap_and_never_goes_negative() {
+        let (mut c, _host) = host_initiated();
+        c.rx_cnt = Wrapping(5);
+        let hdr = Header {
+            buf_alloc: 100,
+            fwd_cnt: u32::MAX - 4,
+            ..guest(op::CREDIT_UPDATE)
+        };
+        c.take_credit(&hdr);
+        assert_eq!(c.peer_credit(), 90, "10 bytes in flight across the wrap");
+        // A guest claiming to have consumed more than it got has no credit.
+        c.take_credit(&Header { fwd_cnt: 6, ..hdr });
+        assert_eq!(c.peer_credit(), 0);
+    }
+}

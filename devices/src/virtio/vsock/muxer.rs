@@ -251,19 +251,22 @@ impl Muxer {
         self.end_handshake(fd, why);
     }
 
-    fn end_handshake(&mut self, fd: RawFd, why: &str) -> Option<Handshake> {
+    /// Takes a handshake out of the epoll set and the table.
+    fn take_handshake(&mut self, fd: RawFd) -> Option<Handshake> {
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        let hs = self.handshakes.remove(&fd);
-        if !why.is_empty() {
-            log::debug!("vsock: closing a host connection: {why}");
-        }
-        hs
+        self.handshakes.remove(&fd)
+    }
+
+    /// Closes a host connection that did not send a good `CONNECT` line.
+    fn end_handshake(&mut self, fd: RawFd, why: &str) {
+        self.take_handshake(fd);
+        log::debug!("vsock: closing a host connection: {why}");
     }
 
     fn finish_handshake(&mut self, fd: RawFd) {
-        let Some(hs) = self.end_handshake(fd, "") else {
+        let Some(hs) = self.take_handshake(fd) else {
             return;
         };
         let Some(peer_port) = parse_connect(&hs.line) else {
@@ -445,17 +448,19 @@ impl Muxer {
     /// Resets the connection `hdr` names, for a packet the guest sent that
     /// was refused after its header was read.
     pub fn on_refused_packet(&mut self, hdr: &Header) {
+        if hdr.src_cid != self.guest_cid {
+            return;
+        }
         let key = ConnKey {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
         };
         match self.conns.get_mut(&key) {
-            Some(slot) if hdr.src_cid == self.guest_cid => {
+            Some(slot) => {
                 slot.conn.kill("the guest sent a malformed packet");
                 self.sync(key);
             }
-            _ if hdr.src_cid == self.guest_cid => self.reply_rst(hdr),
-            _ => {}
+            None => self.reply_rst(hdr),
         }
     }
 
