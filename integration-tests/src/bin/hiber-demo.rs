@@ -1,12 +1,14 @@
 //! `make demo`: Hiber's main job, step by step, with the time of each step.
 //!
-//! Boots the test guest, starts a workload that keeps changing its memory
-//! and counting, pauses, snapshots, kills the VMM, restores the snapshot in
-//! a new process and shows the workload carrying on where it stopped.
+//! Boots the test guest with a virtio data disk, starts a workload that
+//! keeps changing its memory and counting, writes a file to the disk,
+//! pauses, snapshots, kills the VMM, restores the snapshot in a new process
+//! and shows the workload carrying on where it stopped and the file still
+//! there.
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{scratch_dir, Vmm};
+use integration_tests::{guest_images, scratch_dir, Vmm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,8 +34,13 @@ fn show_ticks(vmm: &Vmm, n: usize) -> String {
 fn main() {
     let dir = scratch_dir("demo");
     println!("[demo] working in {}", dir.display());
+    let disk = dir.join("data.ext4");
+    let (kernel, _) = guest_images();
+    let image = kernel.with_file_name("data.ext4");
+    std::fs::copy(&image, &disk).unwrap_or_else(|e| panic!("copy {}: {e}", image.display()));
+    let drive = format!("path={}", disk.display());
     let vmm = step("boot to `hiber-guest: ready`", || {
-        let vmm = Vmm::boot(&dir, &[]);
+        let vmm = Vmm::boot(&dir, &["--drive", &drive]);
         vmm.wait_for("hiber-guest: ready", BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}\n{}", vmm.log()));
         vmm
@@ -50,6 +57,12 @@ fn main() {
         },
     );
     let before = show_ticks(&vmm, 3);
+    let note = "busybox mount -t ext4 /dev/vda /mnt && \
+                echo 'written before the snapshot' > /mnt/note.txt && busybox sync";
+    step("write /mnt/note.txt on the virtio disk", || {
+        let r = vmm.run(note, STEP_TIMEOUT).expect("agent answers");
+        assert_eq!(r.status, 0, "writing the note failed: {}", r.output);
+    });
     step("pause", || vmm.pause());
     let (state, mem) = (dir.join("demo.state"), dir.join("demo.mem"));
     step("snapshot (state + memory file)", || {
@@ -66,6 +79,16 @@ fn main() {
         },
     );
     show_ticks(&vmm, 2);
+    let r = step("read /mnt/note.txt back", || {
+        vmm.run("busybox cat /mnt/note.txt", STEP_TIMEOUT)
+            .expect("agent answers")
+    });
+    println!("[guest] {}", r.output.trim());
+    assert!(
+        r.output.contains("written before the snapshot"),
+        "{}",
+        r.output
+    );
     let mut vmm = vmm;
     step("guest `poweroff -f` ends the VMM", || {
         let status = vmm
@@ -84,5 +107,8 @@ fn main() {
             allocated >> 20
         );
     }
-    println!("[demo] done: the workload continued from where it was snapshotted");
+    println!(
+        "[demo] done: the workload continued from where it was snapshotted, \
+         and the disk kept what the guest wrote"
+    );
 }
