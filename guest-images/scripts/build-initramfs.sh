@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the guest's userspace into the directory given as $2:
-#   initramfs.cpio  busybox, /init, the console agent, hiber-workload and
-#                   hiber-vsock-agent
+#   initramfs.cpio  busybox, /init, the console agent, hiber-workload,
+#                   hiber-vsock-agent and hiber-blkbench
 #   data.ext4       a small ext4 disk holding hello.txt
 # $1 is the kernel directory (for its gen_init_cpio).
 set -eu
@@ -13,7 +13,7 @@ work="$dest/work"
 rootfs="$GI_DIR/rootfs"
 
 compile_workload() {
-	for prog in hiber-workload hiber-vsock-agent; do
+	for prog in hiber-workload hiber-vsock-agent hiber-blkbench; do
 		gcc -static -O2 -Wall -Wextra -Werror -o "$work/$prog" \
 			"$GI_DIR/workload/$prog.c"
 		strip "$work/$prog"
@@ -25,8 +25,8 @@ compile_workload() {
 stage_files() {
 	mkdir -p "$work/stage"
 	cp "$BUSYBOX_BINARY" "$work/stage/busybox"
-	cp "$work/hiber-workload" "$work/hiber-vsock-agent" "$rootfs/init" \
-		"$rootfs/agent.sh" "$rootfs/etc/fstab" "$work/stage/"
+	cp "$work/hiber-workload" "$work/hiber-vsock-agent" "$work/hiber-blkbench" \
+		"$rootfs/init" "$rootfs/agent.sh" "$rootfs/etc/fstab" "$work/stage/"
 	touch -d @0 "$work/stage"/*
 }
 
@@ -48,6 +48,7 @@ file /bin/busybox $stage/busybox 0755 0 0
 slink /bin/sh busybox 0777 0 0
 file /bin/hiber-workload $stage/hiber-workload 0755 0 0
 file /bin/hiber-vsock-agent $stage/hiber-vsock-agent 0755 0 0
+file /bin/hiber-blkbench $stage/hiber-blkbench 0755 0 0
 dir /lib 0755 0 0
 dir /lib/hiber 0755 0 0
 file /lib/hiber/agent.sh $stage/agent.sh 0644 0 0
