@@ -32,8 +32,9 @@ pub mod worker;
 use std::os::fd::RawFd;
 
 use event_manager::EventSet;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use interrupt::Interrupt;
 pub use queue_state::SavedQueue;
@@ -63,6 +64,29 @@ pub struct ActiveQueues {
     pub interrupt: Interrupt,
     /// The features the driver accepted.
     pub acked_features: u64,
+}
+
+impl ActiveQueues {
+    /// Raises the interrupt after used entries were added to queue `index`,
+    /// unless the driver asked not to be interrupted. `virtio-queue`'s
+    /// `needs_notification` only knows VIRTIO_F_RING_EVENT_IDX (which Hiber
+    /// does not offer), so VRING_AVAIL_F_NO_INTERRUPT, which a Linux driver
+    /// sets while it polls a queue, is read here: each interrupt avoided is
+    /// guest kernel work saved.
+    pub fn notify_used(&mut self, index: usize) {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        let wanted = queue.needs_notification(&self.mem).unwrap_or(true);
+        let flags: u16 = self
+            .mem
+            .read_obj(GuestAddress(queue.avail_ring()))
+            .map(u16::from_le)
+            .unwrap_or(0);
+        if wanted && flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0 {
+            self.interrupt.signal_used_queue();
+        }
+    }
 }
 
 /// Why a device could not start with the queues the driver gave it.

@@ -162,9 +162,8 @@ impl VirtioDevice for Rng {
             return;
         }
         let mem = active.mem.clone();
-        let queue = &mut active.queues[0];
-        if drain(queue, &mem) && queue.needs_notification(&mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
+        if drain(&mut active.queues[0], &mem) {
+            active.notify_used(0);
         }
     }
 }

@@ -23,9 +23,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use event_manager::EventSet;
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 use super::{
     device_type, ActivateError, ActiveQueues, BackendFd, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -302,22 +301,8 @@ impl Vsock {
     }
 }
 
-/// Raises the interrupt for queue `index` unless the driver asked not to
-/// be interrupted. `virtio-queue`'s `needs_notification` only knows
-/// VIRTIO_F_RING_EVENT_IDX (not offered here), so VRING_AVAIL_F_NO_INTERRUPT,
-/// which a Linux driver sets while it polls a queue, is read here: each
-/// interrupt avoided is guest kernel work saved.
 fn notify(active: &mut ActiveQueues, index: usize) {
-    let queue = &mut active.queues[index];
-    let wanted = queue.needs_notification(&active.mem).unwrap_or(true);
-    let flags: u16 = active
-        .mem
-        .read_obj(GuestAddress(queue.avail_ring()))
-        .map(u16::from_le)
-        .unwrap_or(0);
-    if wanted && flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0 {
-        active.interrupt.signal_used_queue();
-    }
+    active.notify_used(index);
 }
 
 /// Writes one `virtio_vsock_event` (its 32-bit id) into an event chain.
