@@ -37,25 +37,35 @@ struct Mode {
 const MODES: [Mode; 4] = [
     Mode {
         name: "seqread",
-        mib: 64,
+        mib: 16,
         random: false,
     },
     Mode {
         name: "randread",
-        mib: 2,
+        mib: 1,
         random: true,
     },
     Mode {
         name: "seqwrite",
-        mib: 64,
+        mib: 16,
         random: false,
     },
     Mode {
         name: "randwrite",
-        mib: 2,
+        mib: 1,
         random: true,
     },
 ];
+
+impl Mode {
+    fn unit(&self) -> &'static str {
+        if self.random {
+            "IOPS"
+        } else {
+            "MB/s"
+        }
+    }
+}
 
 /// One line of `hiber-blkbench` output.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,8 +129,9 @@ fn make_image(path: &Path, mib: usize) -> io::Result<()> {
     file.into_inner()?.sync_all()
 }
 
-/// Runs every mode `REPEATS` times; the median figure of each mode.
-fn measure(guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
+/// Runs every mode `REPEATS` times, printing each run under `name`; the
+/// median figure of each mode.
+fn measure(name: &str, guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
     let mut figures = Vec::new();
     for mode in &MODES {
         let mut runs = Vec::new();
@@ -132,6 +143,13 @@ fn measure(guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
             }
             runs.push(parse_line(&r.output, mode.name)?.figure(mode.random));
         }
+        let list: Vec<String> = runs.iter().map(|f| format!("{f:.1}")).collect();
+        println!(
+            "    {name} {}: {} {}",
+            mode.name,
+            list.join(", "),
+            mode.unit()
+        );
         figures.push(median(runs));
     }
     Ok(figures)
@@ -140,7 +158,7 @@ fn measure(guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
 fn measure_hiber(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
     let drive = format!("path={}", image.display());
     let (vmm, _) = boot_hiber(dir, &["--drive", &drive]);
-    let figures = measure(&vmm);
+    let figures = measure("hiber", &vmm);
     Vmm::kill(vmm);
     figures
 }
@@ -154,16 +172,13 @@ fn measure_qemu(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
     let qemu = QemuGuest::spawn(Machine::Microvm, &extra, dir)
         .ok_or("qemu-system-x86_64 is missing or did not start")?;
     qemu.wait_for("hiber-agent: listening", BOOT_TIMEOUT)?;
-    measure(&qemu)
+    measure("qemu", &qemu)
 }
 
 fn print_figures(hiber: &Result<Vec<f64>, String>, qemu: &Result<Vec<f64>, String>) {
     for (i, mode) in MODES.iter().enumerate() {
-        let (unit, block) = if mode.random {
-            ("IOPS", "4 KiB")
-        } else {
-            ("MB/s", "1 MiB")
-        };
+        let unit = mode.unit();
+        let block = if mode.random { "4 KiB" } else { "1 MiB" };
         let cell = |r: &Result<Vec<f64>, String>| match r {
             Ok(f) => format!("{:>8.1} {unit}", f[i]),
             Err(_) => format!("{:>8} {unit}", "-"),
@@ -194,6 +209,7 @@ pub fn section() {
          image in the host page cache; 128 MiB, 1 vCPU; median of {REPEATS} runs in one boot):"
     );
     println!("  setups: {SETUPS}");
+    println!("  runs, hiber then qemu:");
     let dir = scratch_dir("bench-block");
     let image = dir.join("disk.img");
     if let Err(e) = make_image(&image, IMAGE_MIB) {
@@ -205,6 +221,7 @@ pub fn section() {
     }
     let hiber = measure_hiber(&dir, &image);
     let qemu = measure_qemu(&dir, &image);
+    println!("  medians:");
     print_figures(&hiber, &qemu);
 }
 
