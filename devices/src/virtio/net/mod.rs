@@ -41,9 +41,7 @@ use event_manager::EventSet;
 use virtio_bindings::virtio_net::{
     virtio_net_hdr_v1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
     device_type, ActivateError, ActiveQueues, BackendFd, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -209,7 +207,7 @@ impl Net {
             return;
         };
         if self.port.receive(&active.mem, &mut active.queues[RX_QUEUE]) {
-            notify(active, RX_QUEUE);
+            active.notify_used(RX_QUEUE);
         }
     }
 
@@ -221,30 +219,9 @@ impl Net {
             .port
             .transmit(&active.mem, &mut active.queues[TX_QUEUE])
         {
-            notify(active, TX_QUEUE);
+            active.notify_used(TX_QUEUE);
         }
     }
-}
-
-/// Raises the interrupt for queue `index` unless the driver asked not to be.
-fn notify(active: &mut ActiveQueues, index: usize) {
-    let queue = &mut active.queues[index];
-    let wanted = queue.needs_notification(&active.mem).unwrap_or(true);
-    if wanted && !interrupts_suppressed(queue, &active.mem) {
-        active.interrupt.signal_used_queue();
-    }
-}
-
-/// Whether the driver set VRING_AVAIL_F_NO_INTERRUPT. `virtio-queue`'s
-/// `needs_notification` handles only VIRTIO_F_RING_EVENT_IDX (not offered
-/// here), so the flag is read here; it is what a Linux driver sets while it
-/// polls, and each interrupt it avoids is one the guest kernel does not run.
-fn interrupts_suppressed(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
-    let flags: u16 = mem
-        .read_obj(GuestAddress(queue.avail_ring()))
-        .map(u16::from_le)
-        .unwrap_or(0);
-    flags & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0
 }
 
 fn open_tap(id: &str, tap: &str) -> Result<Tap, NetError> {
