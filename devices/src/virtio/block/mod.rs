@@ -253,14 +253,8 @@ impl VirtioDevice for Block {
         if index != 0 || !self.drain() {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if active.queues[0]
-            .needs_notification(&active.mem)
-            .unwrap_or(true)
-        {
-            active.interrupt.signal_used_queue();
+        if let Some(active) = self.active.as_mut() {
+            active.notify_used(0);
         }
     }
 
