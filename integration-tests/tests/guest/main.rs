@@ -8,6 +8,7 @@ use std::time::Duration;
 use integration_tests::{base_snapshot, scratch_dir, Vmm};
 
 mod cli_errors;
+mod net;
 mod preboot_api;
 mod refusals;
 mod vsock;
