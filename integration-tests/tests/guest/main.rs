@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use integration_tests::{base_snapshot, scratch_dir, Vmm};
 
+mod block;
 mod cli_errors;
 mod net;
 mod preboot_api;
