@@ -8,11 +8,10 @@
 //! the virtio path and the VMM, not of the host's disk.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use integration_tests::{scratch_dir, Vmm};
 
-use crate::boot::boot_hiber;
 use crate::qemu::{Machine, QemuGuest};
 use crate::{median, AgentShell, BOOT_TIMEOUT, STEP};
 
@@ -22,9 +21,11 @@ const IMAGE_MIB: usize = 256;
 const REPEATS: usize = 3;
 
 /// What the setups do differently, printed with the figures.
-const SETUPS: &str = "hiber: its own board, virtio-mmio, one queue of 256, requests served \
-    in order on the device thread with pread/pwrite | qemu: microvm (qboot firmware, no PIT, PIC \
-    or RTC), virtio-blk-device, cache=writeback, aio=threads, no iothread";
+const SETUPS: &str = "hiber: its own board (in-kernel PIC and PIT), virtio-mmio, one queue \
+    of 256 without indirect descriptors or event index, seg_max 128 of 256 KiB, requests served \
+    in order with pread/pwrite on its device thread | qemu: microvm (qboot, no PIT, PIC or RTC), \
+    virtio-blk-device (indirect descriptors, event index, seg_max 254), cache=writeback, \
+    aio=threads, no iothread";
 
 /// One `hiber-blkbench` mode and how much it moves.
 struct Mode {
@@ -129,62 +130,82 @@ fn make_image(path: &Path, mib: usize) -> io::Result<()> {
     file.into_inner()?.sync_all()
 }
 
-/// Runs every mode `REPEATS` times, printing each run under `name`; the
-/// median figure of each mode.
-fn measure(name: &str, guest: &dyn AgentShell) -> Result<Vec<f64>, String> {
-    let mut figures = Vec::new();
-    for mode in &MODES {
-        let mut runs = Vec::new();
-        for _ in 0..REPEATS {
-            let cmd = format!("hiber-blkbench /dev/vda {} {}", mode.name, mode.mib);
-            let r = guest.run(&cmd, STEP)?;
-            if r.status != 0 {
-                return Err(format!("'{cmd}' exited with {}:\n{}", r.status, r.output));
-            }
-            runs.push(parse_line(&r.output, mode.name)?.figure(mode.random));
-        }
-        let list: Vec<String> = runs.iter().map(|f| format!("{f:.1}")).collect();
-        println!(
-            "    {name} {}: {} {}",
-            mode.name,
-            list.join(", "),
-            mode.unit()
-        );
-        figures.push(median(runs));
+/// One VMM's guest in the comparison, and its figures so far.
+struct Contender<'a> {
+    name: &'static str,
+    /// The guest, or why it is not measured.
+    guest: Result<&'a dyn AgentShell, String>,
+    /// The median figure of each mode measured so far.
+    medians: Vec<f64>,
+}
+
+/// One `hiber-blkbench` run of `mode`: its MB/s or IOPS.
+fn run_mode(guest: &dyn AgentShell, mode: &Mode) -> Result<f64, String> {
+    let cmd = format!("hiber-blkbench /dev/vda {} {}", mode.name, mode.mib);
+    let r = guest.run(&cmd, STEP)?;
+    if r.status != 0 {
+        return Err(format!("'{cmd}' exited with {}:\n{}", r.status, r.output));
     }
-    Ok(figures)
+    Ok(parse_line(&r.output, mode.name)?.figure(mode.random))
 }
 
-fn measure_hiber(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
+/// Runs `mode` `REPEATS` times in every guest, the guests taking turns so
+/// that a change in the machine's load falls on all of them; prints each
+/// guest's runs. A guest whose run fails is not measured further.
+fn measure_mode(contenders: &mut [Contender], mode: &Mode) {
+    let mut runs = vec![Vec::new(); contenders.len()];
+    for _ in 0..REPEATS {
+        for (c, runs) in contenders.iter_mut().zip(&mut runs) {
+            let Ok(guest) = c.guest else { continue };
+            match run_mode(guest, mode) {
+                Ok(figure) => runs.push(figure),
+                Err(e) => c.guest = Err(e),
+            }
+        }
+    }
+    for (c, runs) in contenders.iter_mut().zip(runs) {
+        if c.guest.is_ok() {
+            let list: Vec<String> = runs.iter().map(|f| format!("{f:.1}")).collect();
+            println!(
+                "    {:<5} {:<9} {} {}",
+                c.name,
+                mode.name,
+                list.join(", "),
+                mode.unit()
+            );
+            c.medians.push(median(runs));
+        }
+    }
+}
+
+/// Boots the test guest under Hiber with the drive; the agent is not
+/// waited for.
+fn start_hiber(dir: &Path, image: &Path) -> Vmm {
     let drive = format!("path={}", image.display());
-    let (vmm, _) = boot_hiber(dir, &["--drive", &drive]);
-    let figures = measure("hiber", &vmm);
-    Vmm::kill(vmm);
-    figures
+    Vmm::boot(dir, &["--drive", &drive])
 }
 
-fn measure_qemu(dir: &Path, image: &Path) -> Result<Vec<f64>, String> {
+/// Starts QEMU's microvm with the drive; the agent is not waited for.
+fn start_qemu(dir: &Path, image: &Path) -> Result<QemuGuest, String> {
     let drive = format!(
         "id=d0,file={},format=raw,if=none,cache=writeback,aio=threads",
         image.display()
     );
     let extra = ["-drive", &drive, "-device", "virtio-blk-device,drive=d0"].map(String::from);
-    let qemu = QemuGuest::spawn(Machine::Microvm, &extra, dir)
-        .ok_or("qemu-system-x86_64 is missing or did not start")?;
-    qemu.wait_for("hiber-agent: listening", BOOT_TIMEOUT)?;
-    measure("qemu", &qemu)
+    QemuGuest::spawn(Machine::Microvm, &extra, dir)
+        .ok_or_else(|| "qemu-system-x86_64 is missing or did not start".to_string())
 }
 
-fn print_figures(hiber: &Result<Vec<f64>, String>, qemu: &Result<Vec<f64>, String>) {
+fn print_medians(hiber: &Contender, qemu: &Contender) {
     for (i, mode) in MODES.iter().enumerate() {
         let unit = mode.unit();
         let block = if mode.random { "4 KiB" } else { "1 MiB" };
-        let cell = |r: &Result<Vec<f64>, String>| match r {
-            Ok(f) => format!("{:>8.1} {unit}", f[i]),
-            Err(_) => format!("{:>8} {unit}", "-"),
+        let cell = |c: &Contender| match c.medians.get(i) {
+            Some(f) => format!("{f:>8.1} {unit}"),
+            None => format!("{:>8} {unit}", "-"),
         };
-        let ratio = match (hiber, qemu) {
-            (Ok(h), Ok(q)) => format!(" | qemu/hiber {:.2}x", q[i] / h[i]),
+        let ratio = match (hiber.medians.get(i), qemu.medians.get(i)) {
+            (Some(h), Some(q)) => format!(" | qemu/hiber {:.2}x", q / h),
             _ => String::new(),
         };
         println!(
@@ -195,34 +216,63 @@ fn print_figures(hiber: &Result<Vec<f64>, String>, qemu: &Result<Vec<f64>, Strin
             cell(qemu)
         );
     }
-    for (name, r) in [("hiber", hiber), ("qemu", qemu)] {
-        if let Err(e) = r {
-            println!("  {name}: not measured: {e}");
+    for c in [hiber, qemu] {
+        if let Err(e) = &c.guest {
+            println!("  {}: not measured: {e}", c.name);
         }
     }
 }
 
-/// The block comparison.
+/// Writes the image and a copy of it (each VMM gets its own file, so
+/// neither sees the other's lock or writes).
+fn make_images(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    let hiber = dir.join("disk-hiber.img");
+    let qemu = dir.join("disk-qemu.img");
+    make_image(&hiber, IMAGE_MIB)?;
+    std::fs::copy(&hiber, &qemu)?;
+    Ok((hiber, qemu))
+}
+
+/// The block comparison: both guests booted side by side, then each mode
+/// run in turn in one and the other.
 pub fn section() {
     println!(
         "block (hiber-blkbench on /dev/vda, O_DIRECT, queue depth 1, a {IMAGE_MIB} MiB raw \
-         image in the host page cache; 128 MiB, 1 vCPU; median of {REPEATS} runs in one boot):"
+         image in the host page cache; 128 MiB, 1 vCPU; both guests booted, then the {REPEATS} \
+         runs of each mode alternating between them; medians):"
     );
     println!("  setups: {SETUPS}");
-    println!("  runs, hiber then qemu:");
     let dir = scratch_dir("bench-block");
-    let image = dir.join("disk.img");
-    if let Err(e) = make_image(&image, IMAGE_MIB) {
-        println!(
-            "  not measured: cannot write the image {}: {e}",
-            image.display()
-        );
-        return;
+    let (hiber_image, qemu_image) = match make_images(&dir) {
+        Ok(images) => images,
+        Err(e) => return println!("  not measured: cannot write the images: {e}"),
+    };
+    let vmm = start_hiber(&dir, &hiber_image);
+    let qemu = start_qemu(&dir, &qemu_image);
+    vmm.wait_for("hiber-agent: listening", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", vmm.log()));
+    let qemu_guest = qemu.as_ref().map_err(String::clone).and_then(|q| {
+        q.wait_for("hiber-agent: listening", BOOT_TIMEOUT)?;
+        Ok(q as &dyn AgentShell)
+    });
+    let mut contenders = [
+        Contender {
+            name: "hiber",
+            guest: Ok(&vmm),
+            medians: Vec::new(),
+        },
+        Contender {
+            name: "qemu",
+            guest: qemu_guest,
+            medians: Vec::new(),
+        },
+    ];
+    println!("  runs:");
+    for mode in &MODES {
+        measure_mode(&mut contenders, mode);
     }
-    let hiber = measure_hiber(&dir, &image);
-    let qemu = measure_qemu(&dir, &image);
     println!("  medians:");
-    print_figures(&hiber, &qemu);
+    print_medians(&contenders[0], &contenders[1]);
 }
 
 #[cfg(test)]
