@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConsoleConfig, MemSize};
-use crate::device_args::{DriveArg, NetArg, NetOverrideArg, VsockArg};
+use crate::device_args::{DriveArg, DriveOverrideArg, NetArg, NetOverrideArg, VsockArg};
 
 /// The command line the guest gets when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux";
@@ -164,6 +164,10 @@ pub struct RestoreArgs {
     /// A new host socket path for the snapshot's vsock device.
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<PathBuf>,
+    /// Give the snapshot's drive ID another image file of the same size,
+    /// as for a clone that writes; repeat for more drives.
+    #[arg(long = "drive-override", value_name = "ID=PATH")]
+    pub drive_overrides: Vec<DriveOverrideArg>,
 }
 
 /// Options of the API client subcommands.

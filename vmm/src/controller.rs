@@ -439,9 +439,13 @@ impl Controller {
         if let Err(e) = preboot::check_overrides(&p.network_overrides, vsock) {
             return ApiResponse::error(400, error_chain(&e));
         }
+        if let Err(e) = preboot::check_drive_overrides(&p.drive_overrides) {
+            return ApiResponse::error(400, error_chain(&e));
+        }
         let opts = RestoreOptions {
             net_overrides: p.network_overrides.clone(),
             vsock_uds_override: p.vsock_override.clone(),
+            drive_overrides: p.drive_overrides.clone(),
             ..RestoreOptions::default()
         };
         match self.load(&p.snapshot_path, &p.mem_file_path, opts, p.resume_vm) {

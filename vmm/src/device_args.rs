@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::config::{DriveConfig, MacAddr, NetConfig, VsockConfig};
-use crate::persist::NetOverride;
+use crate::persist::{DriveOverride, NetOverride};
 
 /// Why a device flag does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +92,32 @@ pub struct VsockArg(pub VsockConfig);
 /// `--net-override ID=TAP[,mac=MAC]`: a restored interface's new host side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetOverrideArg(pub NetOverride);
+
+/// `--drive-override ID=PATH`: a restored drive's new image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveOverrideArg(pub DriveOverride);
+
+impl FromStr for DriveOverrideArg {
+    type Err = DeviceArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const FLAG: &str = "drive-override";
+        let (drive_id, path) = s.split_once('=').ok_or(DeviceArgError::NotKeyValue {
+            flag: FLAG,
+            item: s.to_string(),
+            example: "drive0=/srv/clone7.img",
+        })?;
+        if drive_id.is_empty() || path.is_empty() {
+            let key = if drive_id.is_empty() { "ID" } else { drive_id };
+            let key = key.to_string();
+            return Err(DeviceArgError::Empty { flag: FLAG, key });
+        }
+        Ok(DriveOverrideArg(DriveOverride {
+            drive_id: drive_id.to_string(),
+            path_on_host: PathBuf::from(path),
+        }))
+    }
+}
 
 /// The `key=value` items of one flag, each key at most once.
 struct Fields<'a> {
@@ -334,6 +360,13 @@ mod tests {
 
     #[test]
     fn net_overrides_parse_and_refuse() {
+        let DriveOverrideArg(d) = "drive0=/srv/c.img".parse().unwrap();
+        assert_eq!(
+            (d.drive_id.as_str(), d.path_on_host.to_str()),
+            ("drive0", Some("/srv/c.img"))
+        );
+        assert!(err::<DriveOverrideArg>("drive0").contains("not KEY=VALUE"));
+        assert!(err::<DriveOverrideArg>("=x.img").contains("empty"));
         let NetOverrideArg(o) = "eth0=tap7".parse().unwrap();
         assert_eq!(
             (o.iface_id.as_str(), o.host_dev_name.as_str()),

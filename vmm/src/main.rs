@@ -221,6 +221,8 @@ fn run(args: RunArgs) -> Result<u8, Failure> {
 fn restore(args: RestoreArgs) -> Result<u8, Failure> {
     let net_overrides: Vec<_> = args.net_overrides.iter().map(|o| o.0.clone()).collect();
     preboot::check_overrides(&net_overrides, args.vsock_uds.as_deref()).map_err(|e| refused(&e))?;
+    let drive_overrides: Vec<_> = args.drive_overrides.iter().map(|o| o.0.clone()).collect();
+    preboot::check_drive_overrides(&drive_overrides).map_err(|e| refused(&e))?;
     let console = open_console(&args.console)?;
     let api = start_api(args.api_sock.as_deref())?;
     let (server, channel) = api.map_or((None, None), |(s, c)| (Some(s), Some(c)));
@@ -234,6 +236,7 @@ fn restore(args: RestoreArgs) -> Result<u8, Failure> {
         verify_memory: !args.trust_memory,
         net_overrides,
         vsock_uds_override: args.vsock_uds.clone(),
+        drive_overrides,
     };
     controller
         .load(&args.snapshot, &args.mem, opts, !args.paused)

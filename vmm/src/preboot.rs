@@ -13,7 +13,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{DriveConfig, MachineConfig, MemSize, NetConfig, VsockConfig, MAX_VCPUS};
-use crate::persist::NetOverride;
+use crate::persist::{DriveOverride, NetOverride};
 
 /// Longest device id, as in Firecracker.
 pub const MAX_ID_LEN: usize = 64;
@@ -148,6 +148,9 @@ pub enum PrebootError {
     /// Two restore overrides for one interface.
     #[error("two network overrides name the interface `{id}`: give one per interface")]
     DuplicateOverride { id: String },
+    /// Two restore overrides for one drive.
+    #[error("two drive overrides name the drive `{id}`: give one per drive")]
+    DuplicateDriveOverride { id: String },
     /// Something other than a socket is at the vsock path.
     #[error("{} exists and is not a socket: remove it or choose another vsock path",
         path.display())]
@@ -571,6 +574,24 @@ pub fn check_overrides(nets: &[NetOverride], uds: Option<&Path>) -> Result<(), P
     uds.map_or(Ok(()), check_uds_path)
 }
 
+/// Checks the new images a restore is given: each drive named once, each
+/// image an existing file (its size and mode are checked against the
+/// snapshot when the drive is restored).
+pub fn check_drive_overrides(drives: &[DriveOverride]) -> Result<(), PrebootError> {
+    for (i, o) in drives.iter().enumerate() {
+        if drives[..i].iter().any(|e| e.drive_id == o.drive_id) {
+            let id = o.drive_id.clone();
+            return Err(PrebootError::DuplicateDriveOverride { id });
+        }
+        check_drive(&DriveConfig {
+            id: o.drive_id.clone(),
+            path: o.path_on_host.clone(),
+            read_only: true,
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks every device of `config`, and that ids, TAPs and MAC addresses
 /// are not shared.
 pub fn check_devices(config: &MachineConfig) -> Result<(), PrebootError> {
@@ -595,6 +616,32 @@ pub fn check_devices(config: &MachineConfig) -> Result<(), PrebootError> {
         check_vsock(vsock)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod drive_override_tests {
+    use super::*;
+
+    #[test]
+    fn drive_overrides_name_each_drive_once_and_an_existing_file() {
+        let dir = std::env::temp_dir().join(format!("hiber-dov-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("clone.img");
+        fs::write(&img, [0u8; 512]).unwrap();
+        let o = |id: &str, p: &Path| DriveOverride {
+            drive_id: id.into(),
+            path_on_host: p.to_path_buf(),
+        };
+        check_drive_overrides(&[o("drive0", &img), o("drive1", &img)]).unwrap();
+        let twice = check_drive_overrides(&[o("drive0", &img), o("drive0", &img)]);
+        assert!(twice
+            .unwrap_err()
+            .to_string()
+            .contains("two drive overrides"));
+        let missing = check_drive_overrides(&[o("drive0", &dir.join("nope.img"))]);
+        assert!(missing.unwrap_err().to_string().contains("nope.img"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::preboot_routes as preboot;
-use crate::persist::NetOverride;
+use crate::persist::{DriveOverride, NetOverride};
 use crate::preboot::PrebootRequest;
 
 /// An operation asked of the VMM.
@@ -66,6 +66,8 @@ pub struct LoadSnapshotParams {
     pub network_overrides: Vec<NetOverride>,
     /// A new host socket path for the snapshot's vsock device.
     pub vsock_override: Option<PathBuf>,
+    /// New image files for the snapshot's drives (Hiber's addition).
+    pub drive_overrides: Vec<DriveOverride>,
 }
 
 /// Why a request does not name a valid operation.
@@ -217,6 +219,16 @@ struct LoadBody {
     #[serde(default)]
     network_overrides: Vec<preboot::NetworkOverrideBody>,
     vsock_override: Option<VsockOverrideBody>,
+    #[serde(default)]
+    drive_overrides: Vec<DriveOverrideBody>,
+}
+
+/// One entry of `drive_overrides`, Hiber's addition to Firecracker's load.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DriveOverrideBody {
+    drive_id: String,
+    path_on_host: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -403,6 +415,16 @@ fn parse_load(body: &[u8]) -> Result<ApiRequest, RouteError> {
         resume_vm: body.resume_vm,
         network_overrides,
         vsock_override,
+        drive_overrides: body
+            .drive_overrides
+            .into_iter()
+            .map(|o| {
+                Ok(DriveOverride {
+                    path_on_host: non_empty("drive_overrides[].path_on_host", o.path_on_host)?,
+                    drive_id: o.drive_id,
+                })
+            })
+            .collect::<Result<Vec<_>, RouteError>>()?,
     }))
 }
 
@@ -497,9 +519,28 @@ mod tests {
             resume_vm: true,
             network_overrides: Vec::new(),
             vsock_override: None,
+            drive_overrides: Vec::new(),
         };
         let got = parse("PUT", "/snapshot/load", body).unwrap();
         assert_eq!(got, ApiRequest::LoadSnapshot(expected));
+    }
+
+    #[test]
+    fn snapshot_load_takes_drive_overrides() {
+        let body = r#"{"snapshot_path": "s", "mem_file_path": "m",
+                       "drive_overrides": [{"drive_id": "drive0", "path_on_host": "c.img"}]}"#;
+        let ApiRequest::LoadSnapshot(params) = parse("PUT", "/snapshot/load", body).unwrap() else {
+            panic!("not a load request");
+        };
+        assert_eq!(params.drive_overrides[0].drive_id, "drive0");
+        assert_eq!(
+            params.drive_overrides[0].path_on_host,
+            PathBuf::from("c.img")
+        );
+        let empty = r#"{"snapshot_path": "s", "mem_file_path": "m",
+                        "drive_overrides": [{"drive_id": "drive0", "path_on_host": ""}]}"#;
+        let err = parse("PUT", "/snapshot/load", empty).unwrap_err();
+        assert!(message(err).contains("drive_overrides[].path_on_host is empty"));
     }
 
     #[test]

@@ -72,6 +72,19 @@ pub struct RestoreOptions {
     pub net_overrides: Vec<NetOverride>,
     /// A new host socket path for the vsock device.
     pub vsock_uds_override: Option<std::path::PathBuf>,
+    /// New image files for drives (for clones that write).
+    pub drive_overrides: Vec<DriveOverride>,
+}
+
+/// A drive of the snapshot given another image file on restore (Hiber's
+/// addition: Firecracker restores drives from the paths they had). The
+/// image must have the size the snapshot recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveOverride {
+    /// The drive, by the id it was configured with.
+    pub drive_id: String,
+    /// The image file to use instead.
+    pub path_on_host: std::path::PathBuf,
 }
 
 /// A network interface of the snapshot given a new host side on restore
@@ -93,6 +106,7 @@ impl Default for RestoreOptions {
             verify_memory: true,
             net_overrides: Vec::new(),
             vsock_uds_override: None,
+            drive_overrides: Vec::new(),
         }
     }
 }

@@ -311,7 +311,11 @@ fn wire_saved(
     };
     match &state.device {
         DeviceState::Block(s) => {
-            let dev = Block::restore(s).map_err(|e| bad(&e))?;
+            let mut s = s.clone();
+            if let Some(o) = opts.drive_overrides.iter().find(|o| o.drive_id == s.id) {
+                s.path = o.path_on_host.clone();
+            }
+            let dev = Block::restore(&s).map_err(|e| bad(&e))?;
             slot::wire(vm, mem, place, dev, transport)
         }
         DeviceState::Net(s) => {
@@ -344,6 +348,20 @@ fn create_error(device: &str, e: &dyn std::error::Error) -> VirtioError {
 
 /// Refuses overrides that name no device of the snapshot.
 pub fn check_overrides(config: &MachineConfig, opts: &RestoreOptions) -> Result<(), VirtioError> {
+    for o in &opts.drive_overrides {
+        if !config.drives.iter().any(|d| d.id == o.drive_id) {
+            let known: Vec<&str> = config.drives.iter().map(|d| d.id.as_str()).collect();
+            return Err(VirtioError::Override(format!(
+                "the drive override names drive `{}`, but the snapshot has {}",
+                o.drive_id,
+                if known.is_empty() {
+                    "no drives".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
     for o in &opts.net_overrides {
         if !config.nets.iter().any(|n| n.id == o.iface_id) {
             let known: Vec<&str> = config.nets.iter().map(|n| n.id.as_str()).collect();
@@ -369,6 +387,11 @@ pub fn check_overrides(config: &MachineConfig, opts: &RestoreOptions) -> Result<
 /// Records `opts`' overrides in `config`, so that the next snapshot names
 /// the backends in use.
 pub fn apply_overrides(config: &mut MachineConfig, opts: &RestoreOptions) {
+    for o in &opts.drive_overrides {
+        if let Some(d) = config.drives.iter_mut().find(|d| d.id == o.drive_id) {
+            d.path = o.path_on_host.clone();
+        }
+    }
     for o in &opts.net_overrides {
         if let Some(n) = config.nets.iter_mut().find(|n| n.id == o.iface_id) {
             n.tap = o.host_dev_name.clone();
