@@ -177,6 +177,7 @@ impl PersistError {
     pub fn status(&self) -> u16 {
         match self {
             PersistError::State(_) | PersistError::Memory(_) | PersistError::Cpuid { .. } => 400,
+            PersistError::Rebuild(MachineError::Virtio(e)) if e.is_refusal() => 400,
             _ => 500,
         }
     }

@@ -92,6 +92,18 @@ pub enum VirtioError {
     },
 }
 
+impl VirtioError {
+    /// Whether the error refuses the user's input (a snapshot's drive image
+    /// changed, a TAP is missing, an override names no device) rather than
+    /// reporting a failure of this host.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            VirtioError::BadState { .. } | VirtioError::Override(_) | VirtioError::TooMany(_)
+        )
+    }
+}
+
 /// What a device saves, by device type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
