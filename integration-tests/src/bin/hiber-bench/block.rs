@@ -1,11 +1,13 @@
 //! Block figures inside the guest: `hiber-blkbench` on the raw virtio disk
-//! (/dev/vda, O_DIRECT, one request at a time), the same image file under
-//! Hiber and under QEMU's virtio-mmio `microvm`.
+//! (/dev/vda, O_DIRECT, one request at a time), the same image contents
+//! under Hiber and under QEMU's virtio-mmio `microvm` (each its own copy,
+//! since the two guests run side by side).
 //!
 //! Both VMMs serve the image through the host page cache (Hiber reads and
-//! writes the file without O_DIRECT; QEMU runs with `cache=writeback`), and
-//! the image is written just before the runs, so the figures are those of
-//! the virtio path and the VMM, not of the host's disk.
+//! writes the file without O_DIRECT; QEMU runs with `cache=writeback`, not
+//! `cache=none`, to match), and the images are written just before the
+//! runs, so the figures are those of the virtio path and the VMM, not of
+//! the host's disk.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
