@@ -61,6 +61,20 @@ pub enum MmioRestoreError {
         /// Queues the device has.
         expected: usize,
     },
+    /// The driver had accepted features this device does not offer.
+    #[error(
+        "the snapshot's driver of the {device} device accepted features {acked:#x}, but \
+         this device offers only {offered:#x}: restore with the device configuration the \
+         snapshot was taken with"
+    )]
+    Features {
+        /// The device.
+        device: String,
+        /// Features in the snapshot.
+        acked: u64,
+        /// Features the device offers now.
+        offered: u64,
+    },
     /// A saved queue is invalid.
     #[error("a saved queue of the {device} device is invalid")]
     Queue {
@@ -183,6 +197,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 device: device.name(),
                 saved: state.queues.len(),
                 expected,
+            });
+        }
+        let offered = device.avail_features();
+        if state.acked_features & !offered != 0 {
+            return Err(MmioRestoreError::Features {
+                device: device.name(),
+                acked: state.acked_features,
+                offered,
             });
         }
         let interrupt = Interrupt::new(irq, state.interrupt_status);

@@ -283,3 +283,23 @@ fn a_state_for_another_queue_count_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_state_with_features_the_device_lacks_is_refused() {
+    let mut r = rig();
+    drive_to_ok(&mut r.t, 1);
+    let mut state = r.t.save();
+    state.acked_features |= 1 << 40;
+    let err = MmioTransport::restore(
+        Probe::default(),
+        test_memory(),
+        evt(),
+        evt(),
+        vec![evt(), evt()],
+        &state,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("accepted features 0x10100000000"), "{err}");
+}
