@@ -6,7 +6,8 @@
 //!
 //! It boots its own guest (the base snapshot has no drives), so it is one
 //! test that walks every step in order; the restore refusals for a changed
-//! or missing image come last, on the snapshot it took.
+//! or missing image come last, on the snapshot it took, and then a clone
+//! restored onto its own copy of the disk.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -272,6 +273,8 @@ fn the_data_disk_keeps_its_data_across_a_snapshot_and_a_restore() {
         "the host image holds the guest's data"
     );
     let (state, mem) = snapshot_and_kill(vmm, &dir);
+    let clone = dir.join("clone.ext4");
+    fs::copy(&images.data, &clone).unwrap();
 
     let vmm = Vmm::restore(&dir, &state, &mem, &[]);
     let big2_md5 = read_back_and_keep_writing(&vmm, &big_md5);
@@ -290,4 +293,22 @@ fn the_data_disk_keeps_its_data_across_a_snapshot_and_a_restore() {
     );
 
     assert_changed_images_refused(&state, &mem, &images.data);
+    a_clone_writes_to_its_own_copy(&dir, &state, &mem, &clone);
+}
+
+/// Restores the snapshot onto `clone`, a copy of the disk taken with it
+/// (`--drive-override`): the guest finds its files there, and what it
+/// writes lands in the copy, not in the image the first restore used.
+fn a_clone_writes_to_its_own_copy(dir: &Path, state: &Path, mem: &Path, clone: &Path) {
+    let arg = format!("data={}", clone.display());
+    let vmm = Vmm::restore(dir, state, mem, &["--drive-override", &arg]);
+    let out = guest(
+        &vmm,
+        "echo 3 > /proc/sys/vm/drop_caches && cat /mnt/data/a.txt && \
+         echo clone > /mnt/data/c.txt && sync && umount /mnt/data",
+    );
+    assert!(out.contains("before-snapshot"), "{out}");
+    vmm.kill();
+    assert_eq!(host_file(clone, "c.txt", false), b"clone\n");
+    assert_eq!(host_file(clone, "a.txt", false), b"before-snapshot\n");
 }
