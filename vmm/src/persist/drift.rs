@@ -90,6 +90,7 @@ pub fn differences(a: &SavedMachine, b: &SavedMachine) -> Vec<String> {
     check("memory".into(), encode(&a.memory), encode(&b.memory));
     check("vm".into(), encode(&a.vm), encode(&b.vm));
     check("devices".into(), encode(&a.devices), encode(&b.devices));
+    check("virtio".into(), encode(&a.virtio), encode(&b.virtio));
     check(
         "vcpu count".into(),
         encode(&a.vcpus.len()),
