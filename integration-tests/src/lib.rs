@@ -64,6 +64,34 @@ pub fn host_emulates_guest_kernel() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// How often [`retry_start_crashes`] runs a command again.
+const START_CRASH_RETRIES: u32 = 4;
+
+/// Runs `once`, and on a host that emulates guest kernel code runs it again
+/// (at most 4 times, each logged) while `crashed` says a guest process died
+/// as it started, that host's known fault (see README.md). Elsewhere the
+/// first result stands, so a crash fails the test.
+pub fn retry_start_crashes<T>(
+    what: &str,
+    mut once: impl FnMut() -> T,
+    crashed: impl Fn(&T) -> bool,
+) -> T {
+    let retries = if host_emulates_guest_kernel() {
+        START_CRASH_RETRIES
+    } else {
+        0
+    };
+    let mut result = once();
+    for attempt in 1..=retries {
+        if !crashed(&result) {
+            break;
+        }
+        eprintln!("guest process crashed at start (host issue); retry {attempt}: {what}");
+        result = once();
+    }
+    result
+}
+
 /// Fails the test unless this host has KVM.
 pub fn require_kvm() {
     assert!(

@@ -180,20 +180,11 @@ impl Vmm {
     /// command whose output shows that crash is run again, at most 4 times,
     /// and the retry is logged. Elsewhere a crash fails the test.
     pub fn run(&self, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {
-        let retries = if crate::host_emulates_guest_kernel() {
-            4
-        } else {
-            0
-        };
-        let mut result = self.run_once(cmd, timeout)?;
-        for attempt in 1..=retries {
-            if !result.output.contains("Segmentation fault") {
-                break;
-            }
-            eprintln!("guest process crashed at start (host issue); retry {attempt}: {cmd}");
-            result = self.run_once(cmd, timeout)?;
-        }
-        Ok(result)
+        crate::retry_start_crashes(
+            cmd,
+            || self.run_once(cmd, timeout),
+            |r| matches!(r, Ok(r) if r.output.contains("Segmentation fault")),
+        )
     }
 
     fn run_once(&self, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {

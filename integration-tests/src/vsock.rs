@@ -113,24 +113,11 @@ fn parse_done(text: &str) -> Option<CommandResult> {
 /// a command that ended so (status 139, no output) or whose connection
 /// ended without a done line is run again, at most 4 times.
 pub fn run(uds: &Path, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {
-    let retries = if crate::host_emulates_guest_kernel() {
-        4
-    } else {
-        0
+    let crashed = |result: &Result<CommandResult, String>| match result {
+        Ok(r) => r.status == 139 && r.output.is_empty(),
+        Err(e) => e.contains("without a done line"),
     };
-    let mut result = run_once(uds, cmd, timeout);
-    for attempt in 1..=retries {
-        let crashed = match &result {
-            Ok(r) => r.status == 139 && r.output.is_empty(),
-            Err(e) => e.contains("without a done line"),
-        };
-        if !crashed {
-            break;
-        }
-        eprintln!("guest process crashed at start (host issue); vsock retry {attempt}: {cmd}");
-        result = run_once(uds, cmd, timeout);
-    }
-    result
+    crate::retry_start_crashes(cmd, || run_once(uds, cmd, timeout), crashed)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration_tests::console::{literal, ConsoleLog};
-use integration_tests::{guest_images, host_emulates_guest_kernel, CommandResult, TEST_CMDLINE};
+use integration_tests::{guest_images, retry_start_crashes, CommandResult, TEST_CMDLINE};
 use vmm::cpu::{CpuFeature, CpuOverrides, QuirkMode};
 
 use crate::AgentShell;
@@ -165,16 +165,11 @@ impl AgentShell for QemuGuest {
     /// As `Vmm::run`: on an emulating host a command whose busybox crashed
     /// at start runs again, at most 4 times.
     fn run(&self, cmd: &str, timeout: Duration) -> Result<CommandResult, String> {
-        let retries = if host_emulates_guest_kernel() { 4 } else { 0 };
-        let mut result = self.run_once(cmd, timeout)?;
-        for attempt in 1..=retries {
-            if !result.output.contains("Segmentation fault") {
-                break;
-            }
-            eprintln!("guest process crashed at start (host issue); retry {attempt}: {cmd}");
-            result = self.run_once(cmd, timeout)?;
-        }
-        Ok(result)
+        retry_start_crashes(
+            cmd,
+            || self.run_once(cmd, timeout),
+            |r| matches!(r, Ok(r) if r.output.contains("Segmentation fault")),
+        )
     }
 }
 
