@@ -4,14 +4,16 @@ use std::process::{Command, Output};
 
 use integration_tests::{guest_images, hiber_bin, scratch_dir};
 
-fn hiber(args: &[&str]) -> Output {
+/// Runs `hiber` with `args` to its end.
+pub(crate) fn hiber(args: &[&str]) -> Output {
     Command::new(hiber_bin())
         .args(args)
         .output()
         .expect("hiber runs")
 }
 
-fn assert_refused(out: &Output, needle: &str) {
+/// Asserts status 2, a message holding `needle`, and that no vCPU ran.
+pub(crate) fn assert_refused(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");

@@ -6,13 +6,14 @@
 //! (only that the configuration is accepted and the guest boots with it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use integration_tests::fixture::BOOT_TIMEOUT;
-use integration_tests::{guest_images, hiber_bin, scratch_dir, Vmm, TEST_CMDLINE};
+use integration_tests::{guest_images, scratch_dir, Vmm, TEST_CMDLINE};
 use serde_json::{json, Value};
 
+use super::cli_errors::hiber;
 use crate::CMD_TIMEOUT;
 
 fn fault(reply: &Option<Value>) -> String {
@@ -118,18 +119,10 @@ fn a_guest_configured_over_the_preboot_api_boots() {
     assert!(args.contains("init_on_alloc=0"), "{args}");
 }
 
-fn hiber(args: &[&str]) -> Output {
-    Command::new(hiber_bin())
-        .args(args)
-        .output()
-        .expect("hiber runs")
-}
-
-/// Asserts status 2 and a one-line message holding `needle`.
+/// Asserts a refusal (see `cli_errors`) in a one-line message.
 fn assert_refused(out: &Output, needle: &str) {
+    super::cli_errors::assert_refused(out, needle);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
     assert_eq!(
         stderr.trim_end().lines().count(),
         1,
