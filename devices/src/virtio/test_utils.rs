@@ -2,7 +2,7 @@
 //! by `virtio-queue`'s mock, and an activation of a device on it.
 
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -54,11 +54,6 @@ pub fn used_entry(mock: &MockSplitQueue<'_, GuestMemoryMmap>, index: u16) -> (u3
 /// How many used entries a mock queue has.
 pub fn used_count(mock: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
     mock.used().idx().load()
-}
-
-/// Makes every queue of `active` ready (the mock leaves them so already).
-pub fn all_ready(active: &ActiveQueues) -> bool {
-    active.queues.iter().all(|q| q.ready())
 }
 
 /// Lays out a queue of `mock` from fuzz bytes: every descriptor of the

@@ -253,16 +253,6 @@ impl VirtioDevices {
     pub fn stop(&mut self) {
         self.device_loop.stop();
     }
-
-    /// How many devices there are.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
 }
 
 /// The devices `config` asks for, in placement order.

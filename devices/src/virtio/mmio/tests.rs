@@ -87,6 +87,19 @@ fn write(t: &mut MmioTransport<Probe>, offset: u32, v: u32) {
     t.write(u64::from(offset), &v.to_le_bytes());
 }
 
+/// Why restoring a probe device from `state` is refused.
+fn restore_refusal(state: &MmioState) -> String {
+    let restored = MmioTransport::restore(
+        Probe::default(),
+        test_memory(),
+        evt(),
+        evt(),
+        vec![evt(), evt()],
+        state,
+    );
+    restored.err().expect("the restore is refused").to_string()
+}
+
 /// What the Linux driver does, up to DRIVER_OK, with queue 0 at `base`.
 fn drive_to_ok(t: &mut MmioTransport<Probe>, features_high: u32) {
     write(t, VIRTIO_MMIO_STATUS, 1);
@@ -267,17 +280,7 @@ fn an_active_transport_round_trips_and_restarts_its_device() {
 fn a_state_for_another_queue_count_is_refused() {
     let mut state = rig().t.save();
     state.queues.pop();
-    let err = MmioTransport::restore(
-        Probe::default(),
-        test_memory(),
-        evt(),
-        evt(),
-        vec![evt(), evt()],
-        &state,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = restore_refusal(&state);
     assert!(
         err.contains("has 1 queues for the probe device, which has 2"),
         "{err}"
@@ -290,16 +293,6 @@ fn a_state_with_features_the_device_lacks_is_refused() {
     drive_to_ok(&mut r.t, 1);
     let mut state = r.t.save();
     state.acked_features |= 1 << 40;
-    let err = MmioTransport::restore(
-        Probe::default(),
-        test_memory(),
-        evt(),
-        evt(),
-        vec![evt(), evt()],
-        &state,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = restore_refusal(&state);
     assert!(err.contains("accepted features 0x10100000000"), "{err}");
 }
